@@ -1,0 +1,59 @@
+package io.croupier.spark;
+
+import io.croupier.spark.client.AppIds;
+import io.croupier.spark.client.ClientConf;
+import io.croupier.spark.client.ServerList;
+import java.util.List;
+import org.apache.spark.SparkConf;
+
+/** The spark.croupier.* configuration keys. */
+public final class CroupierConf {
+  public static final String SERVERS = "spark.croupier.servers";
+  public static final String APP_ID = "spark.croupier.appId";
+  public static final String PUSH_BLOCK_SIZE = "spark.croupier.push.blockSize";
+  public static final String PUSH_MAX_BLOCK_SIZE = "spark.croupier.push.maxBlockSize";
+  public static final String PUSH_BATCH_SIZE = "spark.croupier.push.batchSize";
+  public static final String PUSH_MAX_IN_FLIGHT = "spark.croupier.push.maxInFlightBatches";
+  public static final String PUSH_ACK_TIMEOUT = "spark.croupier.push.ackTimeout";
+  public static final String RPC_TIMEOUT = "spark.croupier.rpc.timeout";
+  public static final String FETCH_CHUNK_SIZE = "spark.croupier.fetch.chunkSize";
+  public static final String FETCH_TIMEOUT = "spark.croupier.fetch.timeout";
+  public static final String FETCH_PREFETCH = "spark.croupier.fetch.prefetchChunks";
+  public static final String HEARTBEAT_INTERVAL = "spark.croupier.heartbeat.interval";
+
+  /** Spark's key for the ShuffleDataIO plugin (driver components declare reliable storage). */
+  public static final String SHUFFLE_IO_PLUGIN = "spark.shuffle.sort.io.plugin.class";
+
+  /** The largest block / batch a server accepts is bounded by its ~8 MiB message limit. */
+  static final long SERVER_MESSAGE_LIMIT = 8L << 20;
+
+  private CroupierConf() {}
+
+  static List<String> servers(SparkConf conf) {
+    return ServerList.parse(conf.get(SERVERS, ""));
+  }
+
+  static String appId(SparkConf conf) {
+    if (conf.contains(APP_ID)) {
+      return AppIds.sanitize(conf.get(APP_ID));
+    }
+    return AppIds.sanitize(conf.getAppId());
+  }
+
+  static ClientConf clientConf(SparkConf conf) {
+    ClientConf c = new ClientConf();
+    c.blockBytes = conf.getSizeAsBytes(PUSH_BLOCK_SIZE, "1m");
+    long maxBlock = conf.getSizeAsBytes(PUSH_MAX_BLOCK_SIZE, "4m");
+    c.maxBlockBytes = (int) Math.max(1024, Math.min(maxBlock, SERVER_MESSAGE_LIMIT / 2));
+    c.batchBytes = Math.max(1, conf.getSizeAsBytes(PUSH_BATCH_SIZE, "2m"));
+    c.maxBatchBytes = Math.max(c.batchBytes, Math.min(SERVER_MESSAGE_LIMIT * 3 / 4, c.batchBytes * 3));
+    c.maxInFlightBatches = Math.max(1, conf.getInt(PUSH_MAX_IN_FLIGHT, 4));
+    c.ackTimeoutMs = conf.getTimeAsMs(PUSH_ACK_TIMEOUT, "120s");
+    c.rpcTimeoutMs = conf.getTimeAsMs(RPC_TIMEOUT, "60s");
+    c.fetchChunkBytes = (int) Math.min(conf.getSizeAsBytes(FETCH_CHUNK_SIZE, "4m"), 64L << 20);
+    c.fetchTimeoutMs = conf.getTimeAsMs(FETCH_TIMEOUT, "120s");
+    c.fetchPrefetchChunks = Math.max(1, conf.getInt(FETCH_PREFETCH, 2));
+    c.heartbeatIntervalMs = conf.getTimeAsMs(HEARTBEAT_INTERVAL, "10s");
+    return c;
+  }
+}

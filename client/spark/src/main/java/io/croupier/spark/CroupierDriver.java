@@ -1,0 +1,176 @@
+package io.croupier.spark;
+
+import io.croupier.proto.v1.HeartbeatRequest;
+import io.croupier.proto.v1.HeartbeatResponse;
+import io.croupier.proto.v1.RegisterShuffleRequest;
+import io.croupier.proto.v1.RegisterShuffleResponse;
+import io.croupier.proto.v1.UnregisterAppRequest;
+import io.croupier.proto.v1.UnregisterShuffleRequest;
+import io.croupier.spark.client.ClientConf;
+import io.croupier.spark.client.CroupierClients;
+import io.grpc.Status;
+import java.util.List;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import org.apache.spark.SparkConf;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Driver-side state of one Spark application: registers shuffles on every server, keeps the app's
+ * lease alive with a heartbeat thread, unregisters shuffles and the app. One per driver JVM at a time
+ * (shared by the ShuffleManager and the ShuffleDriverComponents); replaced when a new SparkContext starts.
+ */
+final class CroupierDriver {
+  private static final Logger LOG = LoggerFactory.getLogger(CroupierDriver.class);
+  private static CroupierDriver current;
+
+  private final SparkConf conf;
+  private final List<String> servers;
+  private final ClientConf clientConf;
+  private final Set<Integer> shuffles = ConcurrentHashMap.newKeySet();
+  private volatile String appId;
+  private volatile long leaseMs;
+  private ScheduledExecutorService heartbeat;
+  private boolean stopped;
+
+  private CroupierDriver(SparkConf conf) {
+    this.conf = conf;
+    this.servers = CroupierConf.servers(conf);
+    this.clientConf = CroupierConf.clientConf(conf);
+  }
+
+  /** Creates the state of a new application (called by the driver's ShuffleManager). */
+  static synchronized CroupierDriver create(SparkConf conf) {
+    if (current != null && !current.stopped) {
+      current.stop();
+    }
+    current = new CroupierDriver(conf);
+    return current;
+  }
+
+  /** The running application's state, or null when no Croupier shuffle manager runs in this driver. */
+  static synchronized CroupierDriver peek() {
+    return current;
+  }
+
+  List<String> servers() {
+    return servers;
+  }
+
+  ClientConf clientConf() {
+    return clientConf;
+  }
+
+  synchronized String appId() {
+    if (appId == null) {
+      appId = CroupierConf.appId(conf);
+    }
+    return appId;
+  }
+
+  /** RegisterShuffle on every server; throws with a clear message if one refuses or is unreachable. */
+  void registerShuffle(int shuffleId, int numMaps, int numPartitions) {
+    String app = appId();
+    for (String s : servers) {
+      RegisterShuffleRequest req = RegisterShuffleRequest.newBuilder()
+          .setAppId(app).setShuffleId(shuffleId).setNumMaps(numMaps).setNumPartitions(numPartitions).build();
+      try {
+        RegisterShuffleResponse r = CroupierClients.blocking(s, clientConf).registerShuffle(req);
+        if (r.getLeaseTimeoutMs() > 0) {
+          leaseMs = r.getLeaseTimeoutMs();
+        }
+      } catch (RuntimeException e) {
+        Status st = Status.fromThrowable(e);
+        throw new IllegalStateException("Croupier: RegisterShuffle(app=" + app + ", shuffle=" + shuffleId + ", maps="
+            + numMaps + ", partitions=" + numPartitions + ") on server " + s + " failed: " + st.getCode() + ": "
+            + st.getDescription(), e);
+      }
+    }
+    shuffles.add(shuffleId);
+    startHeartbeat();
+  }
+
+  private synchronized void startHeartbeat() {
+    if (heartbeat != null || stopped) {
+      return;
+    }
+    long interval = clientConf.heartbeatIntervalMs;
+    if (leaseMs > 0) {
+      interval = Math.min(interval, Math.max(100, leaseMs / 3));
+    }
+    heartbeat = Executors.newSingleThreadScheduledExecutor(r -> {
+      Thread t = new Thread(r, "croupier-heartbeat");
+      t.setDaemon(true);
+      return t;
+    });
+    heartbeat.scheduleWithFixedDelay(this::beat, interval, interval, TimeUnit.MILLISECONDS);
+    LOG.info("Croupier: app {} heartbeat every {} ms to {}", appId(), interval, servers);
+  }
+
+  private void beat() {
+    String app = appId();
+    for (String s : servers) {
+      try {
+        HeartbeatResponse r = CroupierClients.blocking(s, clientConf)
+            .withDeadlineAfter(Math.min(clientConf.rpcTimeoutMs, 10_000), TimeUnit.MILLISECONDS)
+            .heartbeat(HeartbeatRequest.newBuilder().setAppId(app).build());
+        if (!r.getKnown() && !shuffles.isEmpty()) {
+          LOG.error("Croupier: server {} does not know app {} any more (lease expired or server lost its data): "
+              + "its shuffles are gone", s, app);
+        }
+      } catch (RuntimeException e) {
+        LOG.warn("Croupier: heartbeat to {} failed: {}", s, Status.fromThrowable(e));
+      }
+    }
+  }
+
+  void unregisterShuffle(int shuffleId) {
+    if (!shuffles.remove(shuffleId)) {
+      return;
+    }
+    String app = appId();
+    for (String s : servers) {
+      try {
+        CroupierClients.blocking(s, clientConf)
+            .unregisterShuffle(UnregisterShuffleRequest.newBuilder().setAppId(app).setShuffleId(shuffleId).build());
+      } catch (RuntimeException e) {
+        LOG.warn("Croupier: UnregisterShuffle({}, {}) on {} failed: {}", app, shuffleId, s, Status.fromThrowable(e));
+      }
+    }
+  }
+
+  /** Application end: stop the heartbeat and delete the app's data on every server. Idempotent. */
+  void stop() {
+    ScheduledExecutorService hb;
+    synchronized (this) {
+      if (stopped) {
+        return;
+      }
+      stopped = true;
+      hb = heartbeat;
+      heartbeat = null;
+    }
+    if (hb != null) {
+      hb.shutdownNow();
+    }
+    String app = appId;
+    if (app == null) {
+      return; // nothing was ever registered
+    }
+    for (String s : servers) {
+      try {
+        CroupierClients.blocking(s, clientConf)
+            .withDeadlineAfter(Math.min(clientConf.rpcTimeoutMs, 10_000), TimeUnit.MILLISECONDS)
+            .unregisterApp(UnregisterAppRequest.newBuilder().setAppId(app).build());
+      } catch (RuntimeException e) {
+        LOG.warn("Croupier: UnregisterApp({}) on {} failed: {}", app, s, Status.fromThrowable(e));
+      }
+    }
+    shuffles.clear();
+    LOG.info("Croupier: app {} unregistered from {}", app, servers);
+  }
+}

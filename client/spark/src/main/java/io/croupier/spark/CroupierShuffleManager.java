@@ -1,0 +1,103 @@
+package io.croupier.spark;
+
+import io.croupier.spark.client.CroupierClients;
+import org.apache.spark.ShuffleDependency;
+import org.apache.spark.SparkConf;
+import org.apache.spark.TaskContext;
+import org.apache.spark.shuffle.BlockingShuffleManager;
+import org.apache.spark.shuffle.ShuffleBlockResolver;
+import org.apache.spark.shuffle.ShuffleHandle;
+import org.apache.spark.shuffle.ShuffleReadMetricsReporter;
+import org.apache.spark.shuffle.ShuffleReader;
+import org.apache.spark.shuffle.ShuffleWriteMetricsReporter;
+import org.apache.spark.shuffle.ShuffleWriter;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Spark ShuffleManager that keeps shuffle data on Croupier servers.
+ *
+ * <pre>
+ *   spark.shuffle.manager=io.croupier.spark.CroupierShuffleManager
+ *   spark.croupier.servers=host:port[,host:port...]
+ * </pre>
+ *
+ * On the driver it also sets {@code spark.shuffle.sort.io.plugin.class} to {@link CroupierShuffleDataIO}
+ * (unless set), which declares reliable storage so Spark keeps map outputs when executors are lost.
+ */
+public class CroupierShuffleManager implements BlockingShuffleManager {
+  private static final Logger LOG = LoggerFactory.getLogger(CroupierShuffleManager.class);
+
+  private final SparkConf conf;
+  private final boolean isDriver;
+  private final NoOpShuffleBlockResolver resolver = new NoOpShuffleBlockResolver();
+  private final CroupierDriver driver;
+
+  public CroupierShuffleManager(SparkConf conf, boolean isDriver) {
+    this.conf = conf;
+    this.isDriver = isDriver;
+    CroupierConf.servers(conf); // fail fast, with a clear message, when the server list is missing or bad
+    if (isDriver) {
+      String io = conf.get(CroupierConf.SHUFFLE_IO_PLUGIN, null);
+      if (io == null || io.equals("org.apache.spark.shuffle.sort.io.LocalDiskShuffleDataIO")) {
+        conf.set(CroupierConf.SHUFFLE_IO_PLUGIN, CroupierShuffleDataIO.class.getName());
+      } else if (!io.equals(CroupierShuffleDataIO.class.getName())) {
+        LOG.warn("Croupier: {}={} is not {}: Spark will not know that map outputs survive executor loss",
+            CroupierConf.SHUFFLE_IO_PLUGIN, io, CroupierShuffleDataIO.class.getName());
+      }
+      driver = CroupierDriver.create(conf);
+    } else {
+      driver = null;
+    }
+  }
+
+  public CroupierShuffleManager(SparkConf conf) {
+    this(conf, false);
+  }
+
+  @Override
+  public <K, V, C> ShuffleHandle registerShuffle(int shuffleId, ShuffleDependency<K, V, C> dependency) {
+    CroupierDriver d = driver != null ? driver : CroupierDriver.create(conf);
+    int numMaps = dependency.rdd().getNumPartitions();
+    int numPartitions = dependency.partitioner().numPartitions();
+    d.registerShuffle(shuffleId, numMaps, numPartitions);
+    return new CroupierShuffleHandle<>(shuffleId, dependency, d.appId(), d.servers(), numMaps, numPartitions,
+        d.clientConf());
+  }
+
+  @Override
+  @SuppressWarnings("unchecked")
+  public <K, V> ShuffleWriter<K, V> getWriter(ShuffleHandle handle, long mapId, TaskContext context,
+      ShuffleWriteMetricsReporter metrics) {
+    return new CroupierShuffleWriter<>((CroupierShuffleHandle<K, V, ?>) handle, mapId, context, metrics);
+  }
+
+  @Override
+  @SuppressWarnings("unchecked")
+  public <K, C> ShuffleReader<K, C> getReader(ShuffleHandle handle, int startMapIndex, int endMapIndex,
+      int startPartition, int endPartition, TaskContext context, ShuffleReadMetricsReporter metrics) {
+    return new CroupierShuffleReader<>((CroupierShuffleHandle<K, ?, C>) handle, startMapIndex, endMapIndex,
+        startPartition, endPartition, context, metrics);
+  }
+
+  @Override
+  public boolean unregisterShuffle(int shuffleId) {
+    if (driver != null) {
+      driver.unregisterShuffle(shuffleId);
+    }
+    return true;
+  }
+
+  @Override
+  public ShuffleBlockResolver shuffleBlockResolver() {
+    return resolver;
+  }
+
+  @Override
+  public void stop() {
+    if (driver != null) {
+      driver.stop();
+    }
+    CroupierClients.shutdown();
+  }
+}

@@ -1,0 +1,190 @@
+package io.croupier.spark;
+
+import io.croupier.proto.v1.CommitMapAttemptResponse;
+import io.croupier.spark.client.ClientConf;
+import io.croupier.spark.client.CroupierClients;
+import io.croupier.spark.client.FramingOutputStream;
+import io.croupier.spark.client.MapCommitter;
+import io.croupier.spark.client.MapPusher;
+import io.croupier.spark.client.PushSession;
+import io.grpc.Status;
+import java.io.IOException;
+import java.util.List;
+import org.apache.spark.Aggregator;
+import org.apache.spark.Partitioner;
+import org.apache.spark.ShuffleDependency;
+import org.apache.spark.SparkEnv;
+import org.apache.spark.TaskContext;
+import org.apache.spark.scheduler.MapStatus;
+import org.apache.spark.serializer.SerializationStream;
+import org.apache.spark.serializer.SerializerInstance;
+import org.apache.spark.serializer.SerializerManager;
+import org.apache.spark.shuffle.ShuffleWriteMetricsReporter;
+import org.apache.spark.shuffle.ShuffleWriter;
+import org.apache.spark.storage.ShuffleBlockId;
+import org.apache.spark.util.collection.ExternalSorter;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import scala.Option;
+import scala.Product2;
+import scala.Tuple2;
+import scala.collection.Iterator;
+import scala.math.Ordering;
+import scala.reflect.ClassTag;
+import scala.reflect.ClassTag$;
+
+/**
+ * Map side: partitions (and combines, when the dependency asks) with Spark's ExternalSorter, which
+ * spills to disk under memory pressure; serializes each partition into independently deserializable
+ * blocks; pushes them in batches; commits the attempt; reports real sizes and the winning attempt id.
+ */
+public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
+  private static final Logger LOG = LoggerFactory.getLogger(CroupierShuffleWriter.class);
+  @SuppressWarnings("rawtypes")
+  private static final ClassTag ANY = ClassTag$.MODULE$.Any();
+
+  private final CroupierShuffleHandle<K, V, C> handle;
+  private final long attemptId;
+  private final int mapIndex;
+  private final TaskContext context;
+  private final ShuffleWriteMetricsReporter metrics;
+  private ExternalSorter<K, V, ?> sorter;
+  private MapPusher pusher;
+  private MapStatus mapStatus;
+  private long[] partitionLengths;
+  private boolean stopping;
+
+  CroupierShuffleWriter(CroupierShuffleHandle<K, V, C> handle, long mapId, TaskContext context,
+      ShuffleWriteMetricsReporter metrics) {
+    this.handle = handle;
+    this.attemptId = mapId; // Spark passes the task attempt id: unique within the app
+    this.mapIndex = context.partitionId();
+    this.context = context;
+    this.metrics = metrics;
+  }
+
+  @Override
+  @SuppressWarnings({"unchecked", "rawtypes"})
+  public void write(Iterator<Product2<K, V>> records) throws IOException {
+    ShuffleDependency<K, V, C> dep = handle.dependency();
+    Option<Partitioner> partitioner = Option.apply(dep.partitioner());
+    Option<Ordering<K>> noOrdering = Option.empty();
+    if (dep.mapSideCombine()) {
+      if (dep.aggregator().isEmpty()) {
+        throw new IllegalStateException("map-side combine without an aggregator");
+      }
+      sorter = SparkShim.newSorter(context, dep.aggregator(), partitioner, noOrdering, dep.serializer());
+    } else {
+      // Keys are not sorted here: the reduce side sorts when the dependency has a key ordering.
+      Option<Aggregator<K, V, V>> none = Option.empty();
+      sorter = SparkShim.newSorter(context, none, partitioner, noOrdering, dep.serializer());
+    }
+    sorter.insertAll(records);
+
+    ClientConf cc = handle.clientConf();
+    List<String> servers = handle.servers();
+    String app = handle.appId();
+    int shuffleId = handle.shuffleId();
+    pusher = new MapPusher(handle.owners(), servers.size(),
+        s -> new PushSession(CroupierClients.async(servers.get(s), cc), servers.get(s), app, shuffleId, mapIndex,
+            attemptId, cc.maxInFlightBatches, cc.ackTimeoutMs, CroupierClients.timer()),
+        cc.batchBytes, cc.maxBatchBytes, cc.maxBlockBytes);
+
+    SerializerManager serializerManager = SparkEnv.get().serializerManager();
+    SerializerInstance ser = dep.serializer().newInstance();
+    long recordsWritten = 0;
+    long t0 = System.nanoTime();
+    Iterator<Tuple2<Object, Iterator<Product2<K, ?>>>> parts = (Iterator) sorter.partitionedIterator();
+    while (parts.hasNext()) {
+      Tuple2<Object, Iterator<Product2<K, ?>>> part = parts.next();
+      int p = (Integer) part._1();
+      Iterator<Product2<K, ?>> it = part._2();
+      if (!it.hasNext()) {
+        continue;
+      }
+      ShuffleBlockId blockId = new ShuffleBlockId(shuffleId, attemptId, p);
+      FramingOutputStream sink = null;
+      SerializationStream out = null;
+      while (it.hasNext()) {
+        Product2<K, ?> rec = it.next();
+        if (out == null) {
+          sink = pusher.openStream(p);
+          out = ser.serializeStream(serializerManager.wrapStream(blockId, sink));
+        }
+        out.writeKey(rec._1(), ANY);
+        out.writeValue(rec._2(), ANY);
+        recordsWritten++;
+        if (sink.streamBytes() >= cc.blockBytes) {
+          out.close(); // ends this block's stream; the next record starts a new one
+          out = null;
+        }
+      }
+      if (out != null) {
+        out.close();
+      }
+    }
+    pusher.finish();
+    long winner = commit(servers, app, shuffleId);
+    partitionLengths = pusher.partitionLengths();
+    long total = 0;
+    for (long l : partitionLengths) {
+      total += l;
+    }
+    metrics.incBytesWritten(total);
+    metrics.incRecordsWritten(recordsWritten);
+    metrics.incWriteTime(System.nanoTime() - t0);
+    if (winner != attemptId) {
+      LOG.info("Croupier: shuffle {} map {} attempt {}: attempt {} committed first; reporting it", shuffleId,
+          mapIndex, attemptId, winner);
+    }
+    mapStatus = SparkShim.mapStatus(SparkEnv.get().blockManager().shuffleServerId(), partitionLengths, winner);
+  }
+
+  private long commit(List<String> servers, String app, int shuffleId) throws IOException {
+    ClientConf cc = handle.clientConf();
+    return MapCommitter.commit((s, req) -> {
+      try {
+        CommitMapAttemptResponse r = CroupierClients.blocking(servers.get(s), cc).commitMapAttempt(req);
+        return r;
+      } catch (RuntimeException e) {
+        Status st = Status.fromThrowable(e);
+        throw new IOException("Croupier: CommitMapAttempt(app=" + app + ", shuffle=" + shuffleId + ", map=" + mapIndex
+            + ", attempt=" + attemptId + ") on server " + servers.get(s) + " failed: " + st.getCode() + ": "
+            + st.getDescription(), e);
+      }
+    }, pusher, servers, app, shuffleId, mapIndex, attemptId);
+  }
+
+  @Override
+  public Option<MapStatus> stop(boolean success) {
+    try {
+      if (stopping) {
+        return Option.empty();
+      }
+      stopping = true;
+      if (success) {
+        if (mapStatus == null) {
+          throw new IllegalStateException("Croupier: stop(true) before the map output was committed");
+        }
+        return Option.apply(mapStatus);
+      }
+      // Failed or killed attempt: never committed, so never visible to readers.
+      if (pusher != null) {
+        pusher.abort("map task attempt " + attemptId + " stopped without success");
+      }
+      return Option.empty();
+    } finally {
+      if (sorter != null) {
+        long t0 = System.nanoTime();
+        sorter.stop();
+        metrics.incWriteTime(System.nanoTime() - t0);
+        sorter = null;
+      }
+    }
+  }
+
+  @Override
+  public long[] getPartitionLengths() {
+    return partitionLengths;
+  }
+}

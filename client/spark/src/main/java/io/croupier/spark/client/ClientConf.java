@@ -1,0 +1,35 @@
+package io.croupier.spark.client;
+
+import java.io.Serializable;
+
+/** Tunables of the client side (see the README for the matching spark.croupier.* keys). */
+public final class ClientConf implements Serializable {
+  private static final long serialVersionUID = 1L;
+
+  /** Target size of one block: a partition's stream is closed at the first record boundary past it. */
+  public long blockBytes = 1L << 20;
+  /** Hard limit of one block (header included); bigger records are split into CONTINUED fragments. */
+  public int maxBlockBytes = 4 << 20;
+  /** A batch is sent once it holds this many bytes. */
+  public long batchBytes = 2L << 20;
+  /** A batch never exceeds this (server max message is about 8 MiB). */
+  public long maxBatchBytes = 6L << 20;
+  /** Unacknowledged batches per push stream. */
+  public int maxInFlightBatches = 4;
+  /** How long a pusher waits for an ack before failing the task. */
+  public long ackTimeoutMs = 120_000;
+  /** Deadline of unary calls (register, commit, unregister, heartbeat, status). */
+  public long rpcTimeoutMs = 60_000;
+  /** chunk_bytes_max of Fetch requests. */
+  public int fetchChunkBytes = 4 << 20;
+  /** Largest message the client accepts. */
+  public int maxInboundMessageBytes = 64 << 20;
+  /** HTTP/2 flow-control window of the client. */
+  public int flowControlWindowBytes = 8 << 20;
+  /** Heartbeat period of the driver (capped at a third of the lease). */
+  public long heartbeatIntervalMs = 10_000;
+  /** A fetch stream that delivers nothing for this long fails. */
+  public long fetchTimeoutMs = 120_000;
+  /** FetchResponse messages read ahead per fetch stream (all servers of a reduce task stream at once). */
+  public int fetchPrefetchChunks = 2;
+}

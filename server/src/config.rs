@@ -1,0 +1,206 @@
+//! Server configuration: defaults that make `croupier serve` work with no file, a TOML file
+//! (`--config`, unknown keys are an error) and command-line flags that override both.
+//!
+//! Every limit is named with its unit. `Config::validate` checks the relations between limits
+//! (a push message must fit many times into the memory budget, and so on) so that a bad
+//! configuration fails at startup with a message instead of misbehaving under load.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// When a commit is acknowledged, its data has at least reached the OS (survives a process crash).
+/// With `Fsync` it has also been fsync'd (survives power loss); concurrent commits share fsyncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Write,
+    Fsync,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (metrics, health, status).
+    pub admin_listen: SocketAddr,
+    /// One data directory per disk.
+    pub data_dirs: Vec<PathBuf>,
+    /// Upper bound of pushed bytes held in memory (buffered or queued for writing).
+    #[serde(deserialize_with = "de_size")]
+    pub memory_budget_bytes: u64,
+    /// Above this fraction of the budget, the largest partition buffers are flushed early.
+    pub memory_high_watermark_ratio: f64,
+    /// How long a push waits for memory before it is refused with RETRY_LATER.
+    pub push_wait_ms_max: u64,
+    /// The retry-after hint sent with RETRY_LATER.
+    pub push_retry_after_ms: u32,
+    /// Largest accepted gRPC message (one push batch); larger ones are refused with OUT_OF_RANGE.
+    #[serde(deserialize_with = "de_size")]
+    pub message_bytes_max: u64,
+    /// A partition buffer is written as one chunk when it reaches this size.
+    #[serde(deserialize_with = "de_size")]
+    pub chunk_bytes_target: u64,
+    /// Segment files are rolled when they reach this size.
+    #[serde(deserialize_with = "de_size")]
+    pub segment_bytes_max: u64,
+    /// Largest data size of one FetchChunk message.
+    #[serde(deserialize_with = "de_size")]
+    pub fetch_chunk_bytes_max: u64,
+    /// Fetch streams served at once; further fetches wait.
+    pub fetch_streams_max: u32,
+    /// See [`Durability`].
+    pub durability: Durability,
+    /// An app that sends no request for this long is deleted with all its data.
+    pub app_lease_timeout_ms: u64,
+    /// Write jobs queued per disk before pushes wait.
+    pub disk_queue_jobs_max: u32,
+    /// Blocks per push batch, at most.
+    pub batch_blocks_max: u32,
+    /// Shuffles per server, at most.
+    pub shuffles_max: u32,
+    /// Partitions per shuffle, at most.
+    pub partitions_max: u32,
+    /// Maps per shuffle, at most.
+    pub maps_max: u32,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:19870".parse().expect("literal address"),
+            admin_listen: "127.0.0.1:19871".parse().expect("literal address"),
+            data_dirs: vec![PathBuf::from("./croupier-data")],
+            memory_budget_bytes: 1 << 30,
+            memory_high_watermark_ratio: 0.75,
+            push_wait_ms_max: 1_000,
+            push_retry_after_ms: 200,
+            message_bytes_max: 8 << 20,
+            chunk_bytes_target: 4 << 20,
+            segment_bytes_max: 1 << 30,
+            fetch_chunk_bytes_max: 4 << 20,
+            fetch_streams_max: 64,
+            durability: Durability::Write,
+            app_lease_timeout_ms: 300_000,
+            disk_queue_jobs_max: 64,
+            batch_blocks_max: 65_536,
+            shuffles_max: 65_536,
+            partitions_max: 1 << 20,
+            maps_max: 1 << 22,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn memory_high_watermark_bytes(&self) -> u64 {
+        (self.memory_budget_bytes as f64 * self.memory_high_watermark_ratio) as u64
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data_dirs.is_empty() {
+            return Err("data_dirs: at least one data directory is required".into());
+        }
+        if self.message_bytes_max < 64 << 10 {
+            return Err("message_bytes_max: must be at least 64KiB".into());
+        }
+        if self.memory_budget_bytes < 4 * self.message_bytes_max {
+            return Err(format!(
+                "memory_budget_bytes ({}) must be at least 4 x message_bytes_max ({})",
+                self.memory_budget_bytes, self.message_bytes_max
+            ));
+        }
+        if !(0.1..=1.0).contains(&self.memory_high_watermark_ratio) {
+            return Err("memory_high_watermark_ratio: must be within 0.1 ..= 1.0".into());
+        }
+        if self.chunk_bytes_target == 0 || self.chunk_bytes_target > (1 << 30) {
+            return Err("chunk_bytes_target: must be within 1 ..= 1GiB".into());
+        }
+        if self.segment_bytes_max < 4096 {
+            return Err("segment_bytes_max: must be at least 4KiB".into());
+        }
+        if self.fetch_chunk_bytes_max == 0 || self.fetch_chunk_bytes_max > self.message_bytes_max {
+            return Err("fetch_chunk_bytes_max: must be within 1 ..= message_bytes_max".into());
+        }
+        if self.fetch_streams_max == 0 || self.disk_queue_jobs_max == 0 {
+            return Err("fetch_streams_max and disk_queue_jobs_max must be at least 1".into());
+        }
+        if self.app_lease_timeout_ms < 100 {
+            return Err("app_lease_timeout_ms: must be at least 100".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1073741824`, `"1GiB"`, `"512MiB"`, `"64KiB"`, `"1GB"`, `"10MB"`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use KiB, MiB, GiB)"
+            ))
+        }
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_unknown_keys_are_refused() {
+        Config::default().validate().unwrap();
+        let err = Config::from_toml("memory_budget = 5").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        let c =
+            Config::from_toml("memory_budget_bytes = \"256MiB\"\ndurability = \"fsync\"").unwrap();
+        assert_eq!(c.memory_budget_bytes, 256 << 20);
+        assert_eq!(c.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("lots").is_err());
+    }
+}

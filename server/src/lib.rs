@@ -1,0 +1,27 @@
+//! Croupier: a remote shuffle server.
+//!
+//! Map tasks push partitioned blocks over gRPC; the server buffers them per partition, writes them as
+//! chunks into append-only, checksummed segment files, commits map attempts (first commit wins), and
+//! streams committed partitions back to reducers. The code reads top to bottom, one layer per
+//! representation:
+//!
+//! - [`service`]: gRPC messages -> validated requests ([`ids`] checks every identifier).
+//! - [`store`]: operations on apps and shuffles: push, commit, fetch, unregister, leases, memory budget.
+//!   - [`store::shuffle`]: one shuffle's buffers, attempts, commits and block index.
+//!   - [`store::disk`]: one data dir and its writer thread (group commit).
+//!   - [`store::files`]: every file operation; [`format`]: the bytes of every record.
+//!   - [`store::recovery`]: rebuilding shuffles from disk at startup.
+//! - [`server`]: listeners, background tasks, shutdown; [`admin`]: metrics, health, status over HTTP.
+//! - [`inspect`]: offline check of a data dir; [`config`]: settings and their limits.
+//!
+//! The on-disk format is specified in `docs/FORMAT.md`, the protocol in `docs/PROTOCOL.md`.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod ids;
+pub mod inspect;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -1,0 +1,302 @@
+//! The gRPC layer: turns `croupier.v1` messages into validated store requests and store results back
+//! into messages. It owns no state beyond one push stream's go-back-N position, and touches no file.
+
+use crate::error::StoreError;
+use crate::format::PartitionCount;
+use crate::ids::{AppId, ShuffleKey};
+use crate::store::shuffle::PushBlock;
+use crate::store::{self, FetchItem, PushResult, Store};
+use croupier_proto::v1 as pb;
+use croupier_proto::v1::shuffle_service_server::ShuffleService;
+use futures::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct Service {
+    store: Arc<Store>,
+}
+
+impl Service {
+    pub fn new(store: Arc<Store>) -> Self {
+        Service { store }
+    }
+}
+
+fn key(app_id: &str, shuffle_id: u32) -> Result<ShuffleKey, StoreError> {
+    Ok(ShuffleKey {
+        app: AppId::parse(app_id)?,
+        shuffle_id,
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ShuffleService for Service {
+    async fn register_shuffle(
+        &self,
+        request: Request<pb::RegisterShuffleRequest>,
+    ) -> Result<Response<pb::RegisterShuffleResponse>, Status> {
+        let r = request.into_inner();
+        let key = key(&r.app_id, r.shuffle_id)?;
+        let created = self
+            .store
+            .register_shuffle(key, r.num_maps, r.num_partitions)
+            .await?;
+        Ok(Response::new(pb::RegisterShuffleResponse {
+            created,
+            lease_timeout_ms: self.store.config.app_lease_timeout_ms,
+        }))
+    }
+
+    type PushStream = BoxStream<pb::PushAck>;
+
+    async fn push(
+        &self,
+        request: Request<Streaming<pb::PushBatch>>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let mut inbound = request.into_inner();
+        let store = self.store.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            // Go-back-N: after refusing a batch, refuse every later one until it is sent again.
+            let mut refused_from: Option<u64> = None;
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let ack = push_batch(&store, batch, &mut refused_from)
+                    .await
+                    .map_err(Status::from);
+                let failed = ack.is_err();
+                if tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn commit_map_attempt(
+        &self,
+        request: Request<pb::CommitMapAttemptRequest>,
+    ) -> Result<Response<pb::CommitMapAttemptResponse>, Status> {
+        let r = request.into_inner();
+        let key = key(&r.app_id, r.shuffle_id)?;
+        let promised = r
+            .partitions
+            .iter()
+            .map(|p| PartitionCount {
+                partition_id: p.partition_id,
+                blocks: p.blocks,
+                bytes: p.bytes,
+            })
+            .collect();
+        let res = self
+            .store
+            .commit(&key, r.map_index, r.attempt_id, promised)
+            .await?;
+        Ok(Response::new(pb::CommitMapAttemptResponse {
+            committed: res.committed,
+            committed_attempt_id: res.committed_attempt_id,
+        }))
+    }
+
+    type FetchStream = BoxStream<pb::FetchResponse>;
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let r = request.into_inner();
+        let key = key(&r.app_id, r.shuffle_id)?;
+        let rx = self
+            .store
+            .fetch(store::FetchRequest {
+                key,
+                partitions: r.partition_start..r.partition_end,
+                maps: r.map_start..r.map_end,
+                accepted: r
+                    .accepted_attempts
+                    .iter()
+                    .map(|a| (a.map_index, a.attempt_id))
+                    .collect(),
+                chunk_bytes_max: u64::from(r.chunk_bytes_max),
+            })
+            .await?;
+        let store = self.store.clone();
+        let stream = ReceiverStream::new(rx).map(move |item| match item {
+            Ok(FetchItem::Blocks(blocks)) => {
+                let mut bytes = 0;
+                let blocks = blocks
+                    .into_iter()
+                    .map(|(loc, data)| {
+                        bytes += data.len() as u64;
+                        pb::FetchedBlock {
+                            partition_id: loc.partition_id,
+                            map_index: loc.map_index,
+                            attempt_id: loc.attempt_id,
+                            seq: loc.seq,
+                            crc32: loc.crc32,
+                            data,
+                        }
+                    })
+                    .collect();
+                store.note_fetched(bytes);
+                Ok(pb::FetchResponse {
+                    kind: Some(pb::fetch_response::Kind::Chunk(pb::FetchChunk { blocks })),
+                })
+            }
+            Ok(FetchItem::Summary(maps)) => {
+                let total_blocks = maps.iter().map(|m| m.blocks).sum();
+                let total_bytes = maps.iter().map(|m| m.bytes).sum();
+                Ok(pb::FetchResponse {
+                    kind: Some(pb::fetch_response::Kind::Summary(pb::FetchSummary {
+                        maps: maps
+                            .into_iter()
+                            .map(|m| pb::MapSummary {
+                                map_index: m.map_index,
+                                attempt_id: m.attempt_id,
+                                blocks: m.blocks,
+                                bytes: m.bytes,
+                            })
+                            .collect(),
+                        total_blocks,
+                        total_bytes,
+                    })),
+                })
+            }
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn unregister_shuffle(
+        &self,
+        request: Request<pb::UnregisterShuffleRequest>,
+    ) -> Result<Response<pb::UnregisterShuffleResponse>, Status> {
+        let r = request.into_inner();
+        let key = key(&r.app_id, r.shuffle_id)?;
+        let existed = self.store.unregister_shuffle(&key).await;
+        Ok(Response::new(pb::UnregisterShuffleResponse { existed }))
+    }
+
+    async fn unregister_app(
+        &self,
+        request: Request<pb::UnregisterAppRequest>,
+    ) -> Result<Response<pb::UnregisterAppResponse>, Status> {
+        let app = AppId::parse(&request.into_inner().app_id)?;
+        let existed = self.store.unregister_app(&app).await;
+        Ok(Response::new(pb::UnregisterAppResponse { existed }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let app = AppId::parse(&request.into_inner().app_id)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            known: self.store.heartbeat(&app),
+            lease_timeout_ms: self.store.config.app_lease_timeout_ms,
+        }))
+    }
+
+    async fn get_server_status(
+        &self,
+        _request: Request<pb::GetServerStatusRequest>,
+    ) -> Result<Response<pb::ServerStatus>, Status> {
+        let s = self.store.status();
+        Ok(Response::new(pb::ServerStatus {
+            version: s.version.to_string(),
+            accepting_pushes: s.accepting_pushes,
+            memory_used_bytes: s.memory_used_bytes,
+            memory_high_watermark_bytes: s.memory_high_watermark_bytes,
+            memory_limit_bytes: s.memory_limit_bytes,
+            apps: s.apps as u32,
+            shuffles: s.shuffles.len() as u32,
+            disks: s
+                .disks
+                .into_iter()
+                .map(|d| pb::DiskStatus {
+                    path: d.path,
+                    state: d.state.to_string(),
+                    free_bytes: d.free_bytes,
+                    total_bytes: d.total_bytes,
+                    used_by_croupier_bytes: d.used_by_croupier_bytes,
+                })
+                .collect(),
+            push_bytes_total: s.push_bytes_total,
+            fetch_bytes_total: s.fetch_bytes_total,
+        }))
+    }
+}
+
+async fn push_batch(
+    store: &Store,
+    batch: pb::PushBatch,
+    refused_from: &mut Option<u64>,
+) -> Result<pb::PushAck, StoreError> {
+    let mut ack = pb::PushAck {
+        batch_id: batch.batch_id,
+        status: pb::PushStatus::Accepted as i32,
+        memory_high_watermark_bytes: store.memory.high_watermark_bytes,
+        memory_limit_bytes: store.memory.limit_bytes,
+        ..Default::default()
+    };
+    if let Some(id) = *refused_from {
+        if id != batch.batch_id {
+            ack.status = pb::PushStatus::RetryLater as i32;
+            ack.retry_after_ms = store.config.push_retry_after_ms;
+            ack.memory_used_bytes = store.memory.used_bytes();
+            return Ok(ack);
+        }
+        *refused_from = None;
+    }
+    let key = key(&batch.app_id, batch.shuffle_id)?;
+    if batch.blocks.len() > store.config.batch_blocks_max as usize {
+        return Err(StoreError::invalid(
+            "blocks",
+            format!(
+                "{} blocks in one batch; at most {} are allowed",
+                batch.blocks.len(),
+                store.config.batch_blocks_max
+            ),
+        ));
+    }
+    let blocks = batch
+        .blocks
+        .into_iter()
+        .map(|b| PushBlock {
+            partition_id: b.partition_id,
+            seq: b.seq,
+            crc32: b.crc32,
+            data: b.data,
+        })
+        .collect();
+    match store
+        .push(&key, batch.map_index, batch.attempt_id, blocks)
+        .await?
+    {
+        PushResult::Accepted { duplicate_blocks } => ack.duplicate_blocks = duplicate_blocks,
+        PushResult::RetryLater { retry_after_ms } => {
+            ack.status = pb::PushStatus::RetryLater as i32;
+            ack.retry_after_ms = retry_after_ms;
+            *refused_from = Some(batch.batch_id);
+        }
+        PushResult::MapCommitted { attempt_id } => {
+            ack.status = pb::PushStatus::MapCommitted as i32;
+            ack.committed_attempt_id = attempt_id;
+        }
+    }
+    ack.memory_used_bytes = store.memory.used_bytes();
+    Ok(ack)
+}

@@ -1,0 +1,272 @@
+//! A data directory (one per disk) and its writer thread.
+//!
+//! Every write to a disk goes through one thread that takes jobs from a bounded queue. It drains all
+//! queued jobs at once and handles them as a group: chunks of every job are appended first, then, when
+//! durability is `fsync`, each touched shuffle is synced once, then the commit records are appended and
+//! synced once more, and only then are the jobs answered. Concurrent commits therefore share their
+//! fsyncs (group commit), and a commit record is never on disk before the data it promises.
+
+use super::files::PendingChunk;
+use super::memory::MemoryBudget;
+use super::shuffle::Shuffle;
+use crate::config::Durability;
+use crate::error::{Result, StoreError};
+use crate::format::CommitRecord;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs handled as one group, at most.
+const GROUP_JOBS_MAX: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DiskState {
+    Healthy = 0,
+    Failed = 1,
+}
+
+impl DiskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskState::Healthy => "healthy",
+            DiskState::Failed => "failed",
+        }
+    }
+}
+
+pub struct WriteJob {
+    pub shuffle: Arc<Shuffle>,
+    pub chunks: Vec<PendingChunk>,
+    pub commit: Option<CommitRecord>,
+    pub reply: Option<oneshot::Sender<Result<()>>>,
+}
+
+impl WriteJob {
+    pub fn payload_bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.payload_bytes).sum()
+    }
+}
+
+pub struct Disk {
+    pub id: u32,
+    pub root: PathBuf,
+    tx: mpsc::Sender<WriteJob>,
+    state: AtomicU8,
+    pub write_errors: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+impl Disk {
+    pub fn start(
+        id: u32,
+        root: PathBuf,
+        queue_jobs_max: usize,
+        memory: Arc<MemoryBudget>,
+        durability: Durability,
+    ) -> std::io::Result<Arc<Disk>> {
+        let (tx, rx) = mpsc::channel(queue_jobs_max);
+        let disk = Arc::new(Disk {
+            id,
+            root,
+            tx,
+            state: AtomicU8::new(DiskState::Healthy as u8),
+            write_errors: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&disk);
+        std::thread::Builder::new()
+            .name(format!("croupier-disk-{id}"))
+            .spawn(move || writer_loop(rx, memory, durability, weak))?;
+        Ok(disk)
+    }
+
+    pub fn state(&self) -> DiskState {
+        match self.state.load(Ordering::Acquire) {
+            0 => DiskState::Healthy,
+            _ => DiskState::Failed,
+        }
+    }
+
+    pub fn set_state(&self, s: DiskState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub fn apps_dir(&self) -> PathBuf {
+        self.root.join("apps")
+    }
+
+    /// Queues a job; waits while the queue is full (the queue length is bounded).
+    pub async fn submit(&self, job: WriteJob) -> Result<()> {
+        self.tx.send(job).await.map_err(|_| {
+            StoreError::Unavailable(format!(
+                "the writer of disk {} has stopped",
+                self.root.display()
+            ))
+        })
+    }
+
+    /// (free bytes, total bytes) of the file system holding this disk.
+    pub fn space(&self) -> (u64, u64) {
+        fs_space(&self.root).unwrap_or((0, 0))
+    }
+}
+
+pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+fn writer_loop(
+    mut rx: mpsc::Receiver<WriteJob>,
+    memory: Arc<MemoryBudget>,
+    durability: Durability,
+    disk: std::sync::Weak<Disk>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_JOBS_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(disk) = disk.upgrade() else { return };
+        run_group(&mut jobs, &memory, durability, &disk);
+    }
+}
+
+fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durability, disk: &Disk) {
+    let mut results: Vec<Result<()>> = jobs.iter().map(|j| write_chunks(j, memory, disk)).collect();
+    let fsync = durability == Durability::Fsync;
+    if fsync {
+        sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_data());
+    }
+    for (job, res) in jobs.iter().zip(results.iter_mut()) {
+        let (Some(record), Ok(())) = (&job.commit, &*res) else {
+            continue;
+        };
+        if let Some(why) = job
+            .shuffle
+            .attempt_lost(record.map_index, record.attempt_id)
+        {
+            *res = Err(StoreError::Unavailable(format!(
+                "map {} attempt {} of {} lost blocks ({why}); rerun the map",
+                record.map_index, record.attempt_id, job.shuffle.key
+            )));
+            continue;
+        }
+        if job.shuffle.is_deleted() {
+            *res = Err(StoreError::NotFound(format!(
+                "{} was unregistered",
+                job.shuffle.key
+            )));
+            continue;
+        }
+        *res = job.shuffle.files.lock().append_commit(record);
+        note_error(res, disk);
+    }
+    if fsync {
+        sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_commits());
+    }
+    for (job, res) in jobs.iter_mut().zip(results) {
+        if let Some(reply) = job.reply.take() {
+            let _ = reply.send(res);
+        } else if let Err(e) = res {
+            tracing::warn!(shuffle = %job.shuffle.key, error = %e, "background flush failed");
+        }
+    }
+}
+
+fn write_chunks(job: &WriteJob, memory: &MemoryBudget, disk: &Disk) -> Result<()> {
+    if job.chunks.is_empty() {
+        return Ok(());
+    }
+    let bytes = job.payload_bytes();
+    let shuffle = &job.shuffle;
+    let res = if shuffle.is_deleted() {
+        Err(StoreError::NotFound(format!(
+            "{} was unregistered",
+            shuffle.key
+        )))
+    } else {
+        let mut new_segments = Vec::new();
+        let r = shuffle
+            .files
+            .lock()
+            .append_chunks(&job.chunks, &mut new_segments);
+        for (id, f) in new_segments {
+            shuffle.add_segment_reader(id, f);
+        }
+        r
+    };
+    memory.written(bytes);
+    match res {
+        Ok(written) => {
+            shuffle.index_chunks(&written);
+            let on_disk: u64 = written
+                .iter()
+                .map(|w| w.record.payload_len as u64 + crate::format::CHUNK_HEADER_BYTES as u64)
+                .sum();
+            shuffle.disk_bytes.fetch_add(on_disk, Ordering::AcqRel);
+            disk.bytes_written.fetch_add(on_disk, Ordering::AcqRel);
+            metrics::counter!("croupier_disk_write_bytes_total", "disk" => disk.root.display().to_string())
+                .increment(on_disk);
+            Ok(())
+        }
+        Err(e) => {
+            shuffle.mark_lost(&job.chunks, &e.to_string());
+            let mut r = Err(e);
+            note_error(&mut r, disk);
+            r
+        }
+    }
+}
+
+fn note_error(res: &mut Result<()>, disk: &Disk) {
+    if let Err(e) = res {
+        if matches!(e, StoreError::Io { .. } | StoreError::NoSpace(_)) {
+            disk.write_errors.fetch_add(1, Ordering::AcqRel);
+            metrics::counter!("croupier_disk_errors_total", "disk" => disk.root.display().to_string(), "reason" => e.reason())
+                .increment(1);
+        }
+    }
+}
+
+fn sync_each_shuffle(
+    jobs: &[WriteJob],
+    results: &mut [Result<()>],
+    disk: &Disk,
+    sync: impl Fn(&mut super::files::ShuffleFiles) -> Result<()>,
+) {
+    let mut done: Vec<*const Shuffle> = Vec::new();
+    for i in 0..jobs.len() {
+        if results[i].is_err() {
+            continue;
+        }
+        let ptr = Arc::as_ptr(&jobs[i].shuffle);
+        if done.contains(&ptr) {
+            continue;
+        }
+        done.push(ptr);
+        if let Err(e) = sync(&mut jobs[i].shuffle.files.lock()) {
+            let msg = e.to_string();
+            disk.write_errors.fetch_add(1, Ordering::AcqRel);
+            for (j, job) in jobs.iter().enumerate() {
+                if Arc::as_ptr(&job.shuffle) == ptr && results[j].is_ok() {
+                    job.shuffle.mark_lost(&job.chunks, &msg);
+                    results[j] = Err(StoreError::Unavailable(format!("fsync failed: {msg}")));
+                }
+            }
+        }
+    }
+}

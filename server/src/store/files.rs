@@ -1,0 +1,380 @@
+//! All file I/O of a shuffle directory goes through this module: appending chunks to segment files,
+//! appending index and commit records, syncing, positioned reads, and reading logs back at recovery.
+//!
+//! Appends are vectored (`writev`): a chunk header and the blocks' `Bytes` go to the kernel without being
+//! copied into an intermediate buffer, and many chunks share one system call. A failed append is cut back
+//! (`ftruncate`) to where it began, so a file never keeps a half-written record that a later append
+//! would bury.
+
+use crate::error::{Result, StoreError};
+use crate::format::{
+    frame_record, ChunkHeader, CommitRecord, IndexBlock, IndexRecord, CHUNK_HEADER_BYTES,
+    MAGIC_COMMIT, MAGIC_INDEX, MAGIC_META,
+};
+use bytes::Bytes;
+use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const INDEX_FILE: &str = "index.log";
+pub const COMMIT_FILE: &str = "commit.log";
+pub const META_FILE: &str = "shuffle.meta";
+
+/// `writev` takes at most this many slices per call (IOV_MAX on Linux).
+const IOV_MAX: usize = 1024;
+
+pub fn segment_file_name(segment_id: u32) -> String {
+    format!("seg-{segment_id:06}.data")
+}
+
+/// Parses `seg-000123.data` into 123.
+pub fn parse_segment_file_name(name: &str) -> Option<u32> {
+    name.strip_prefix("seg-")?
+        .strip_suffix(".data")?
+        .parse()
+        .ok()
+}
+
+/// A block waiting in memory to be written.
+#[derive(Clone, Debug)]
+pub struct BufferedBlock {
+    pub map_index: u32,
+    pub attempt_id: u64,
+    pub seq: u32,
+    pub crc32: u32,
+    pub data: Bytes,
+}
+
+/// One partition's buffered blocks, to be written as one chunk.
+pub struct PendingChunk {
+    pub partition_id: u32,
+    pub blocks: Vec<BufferedBlock>,
+    pub payload_bytes: u64,
+}
+
+struct AppendFile {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl AppendFile {
+    fn open(path: PathBuf) -> Result<AppendFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        Ok(AppendFile { path, file, len })
+    }
+
+    fn append(&mut self, slices: &mut [IoSlice<'_>]) -> Result<()> {
+        let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
+        let start = self.len;
+        match write_all_vectored(&mut self.file, slices) {
+            Ok(()) => {
+                self.len = start + total;
+                Ok(())
+            }
+            Err(e) => {
+                let err = StoreError::io(&self.path, e);
+                self.cut_back(start);
+                Err(err)
+            }
+        }
+    }
+
+    /// Cuts the file back to `len` after a failed append. If even that fails the file keeps a torn tail,
+    /// which recovery detects and cuts.
+    fn cut_back(&mut self, len: u64) {
+        if let Err(e) = self.file.set_len(len) {
+            tracing::error!(path = %self.path.display(), error = %e, "could not cut back a failed append");
+        }
+        self.len = len;
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io(&self.path, e))
+    }
+}
+
+fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let n = slices.len().min(IOV_MAX);
+        match file.write_vectored(&slices[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Where a written chunk's blocks are, for the in-memory index.
+pub struct WrittenChunk {
+    pub record: IndexRecord,
+}
+
+/// The writer side of one shuffle directory. Owned by a `Mutex` in the shuffle; only the disk writer
+/// thread (and recovery, before the shuffle is shared) touches it.
+pub struct ShuffleFiles {
+    pub dir: PathBuf,
+    segment_bytes_max: u64,
+    segment: Option<(u32, AppendFile)>,
+    next_segment_id: u32,
+    index: AppendFile,
+    commits: AppendFile,
+    /// Data or index bytes written since the last sync.
+    unsynced: bool,
+    commits_unsynced: bool,
+}
+
+impl ShuffleFiles {
+    /// Opens (creating if needed) the files of a shuffle directory. `segments` are the existing segment
+    /// ids, ascending; appends continue in the last one.
+    pub fn open(dir: &Path, segment_bytes_max: u64, segments: &[u32]) -> Result<ShuffleFiles> {
+        let index = AppendFile::open(dir.join(INDEX_FILE))?;
+        let commits = AppendFile::open(dir.join(COMMIT_FILE))?;
+        let segment = match segments.last() {
+            Some(&id) => Some((id, AppendFile::open(dir.join(segment_file_name(id)))?)),
+            None => None,
+        };
+        let next_segment_id = segments.last().map_or(0, |id| id + 1);
+        Ok(ShuffleFiles {
+            dir: dir.to_path_buf(),
+            segment_bytes_max,
+            segment,
+            next_segment_id,
+            index,
+            commits,
+            unsynced: false,
+            commits_unsynced: false,
+        })
+    }
+
+    /// Returns a handle for positioned reads of the segment being written, when a new one was started.
+    fn current_segment(
+        &mut self,
+        new_segments: &mut Vec<(u32, Arc<File>)>,
+    ) -> Result<&mut (u32, AppendFile)> {
+        let roll = match &self.segment {
+            None => true,
+            Some((_, f)) => f.len >= self.segment_bytes_max,
+        };
+        if roll {
+            let id = self.next_segment_id;
+            let path = self.dir.join(segment_file_name(id));
+            let file = AppendFile::open(path.clone())?;
+            let reader = file
+                .file
+                .try_clone()
+                .map_err(|e| StoreError::io(&path, e))?;
+            new_segments.push((id, Arc::new(reader)));
+            self.next_segment_id = id + 1;
+            if let Some((_, old)) = self.segment.take() {
+                // The finished segment gets its final sync now when durability asks for syncs.
+                if self.unsynced {
+                    old.sync()?;
+                }
+            }
+            self.segment = Some((id, file));
+        }
+        Ok(self.segment.as_mut().expect("segment opened above"))
+    }
+
+    /// Appends chunks to the current segment (rolling it at its size limit), then their index records.
+    /// On error nothing of this call stays in the files.
+    pub fn append_chunks(
+        &mut self,
+        chunks: &[PendingChunk],
+        new_segments: &mut Vec<(u32, Arc<File>)>,
+    ) -> Result<Vec<WrittenChunk>> {
+        let mut written = Vec::with_capacity(chunks.len());
+        let mut headers: Vec<[u8; CHUNK_HEADER_BYTES]> = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            headers.push(chunk_header(c).encode());
+        }
+        let mut touched: Vec<(u32, u64)> = Vec::new();
+        let segment_bytes_max = self.segment_bytes_max;
+        let mut i = 0;
+        let result: Result<()> = (|| {
+            while i < chunks.len() {
+                let (segment_id, seg) = {
+                    let s = self.current_segment(new_segments)?;
+                    (s.0, &mut s.1)
+                };
+                if !touched.iter().any(|(id, _)| *id == segment_id) {
+                    touched.push((segment_id, seg.len));
+                }
+                // Take chunks into this segment until it reaches its size limit.
+                let mut offset = seg.len;
+                let mut slices: Vec<IoSlice<'_>> = Vec::new();
+                let first = i;
+                while i < chunks.len() && (i == first || offset < segment_bytes_max) {
+                    let c = &chunks[i];
+                    slices.push(IoSlice::new(&headers[i]));
+                    for b in &c.blocks {
+                        slices.push(IoSlice::new(&b.data));
+                    }
+                    written.push(WrittenChunk {
+                        record: index_record(c, segment_id, offset),
+                    });
+                    offset += CHUNK_HEADER_BYTES as u64 + c.payload_bytes;
+                    i += 1;
+                }
+                seg.append(&mut slices)?;
+            }
+            let mut bytes = Vec::with_capacity(written.len() * 64);
+            let mut body = Vec::new();
+            for w in &written {
+                body.clear();
+                w.record.encode_body(&mut body);
+                frame_record(MAGIC_INDEX, &body, &mut bytes);
+            }
+            self.index.append(&mut [IoSlice::new(&bytes)])?;
+            Ok(())
+        })();
+        self.unsynced = true;
+        match result {
+            Ok(()) => Ok(written),
+            Err(e) => {
+                for (id, len) in touched {
+                    if let Some((cur, f)) = self.segment.as_mut() {
+                        if *cur == id {
+                            f.cut_back(len);
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn append_commit(&mut self, record: &CommitRecord) -> Result<()> {
+        let mut body = Vec::with_capacity(28 + record.partitions.len() * 16);
+        record.encode_body(&mut body);
+        let mut bytes = Vec::with_capacity(body.len() + 16);
+        frame_record(MAGIC_COMMIT, &body, &mut bytes);
+        self.commits_unsynced = true;
+        self.commits.append(&mut [IoSlice::new(&bytes)])
+    }
+
+    /// fsyncs the segment and index when they have unsynced appends.
+    pub fn sync_data(&mut self) -> Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Some((_, seg)) = &self.segment {
+            seg.sync()?;
+        }
+        self.index.sync()?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    pub fn sync_commits(&mut self) -> Result<()> {
+        if !self.commits_unsynced {
+            return Ok(());
+        }
+        self.commits.sync()?;
+        self.commits_unsynced = false;
+        Ok(())
+    }
+
+    /// Cuts a log back to `len` bytes (recovery removes a torn tail this way).
+    pub fn truncate_index(&mut self, len: u64) {
+        self.index.cut_back(len);
+    }
+
+    pub fn truncate_commits(&mut self, len: u64) {
+        self.commits.cut_back(len);
+    }
+
+    pub fn bytes_on_disk(&self) -> u64 {
+        let seg = self.segment.as_ref().map_or(0, |(_, f)| f.len);
+        seg + self.index.len + self.commits.len
+    }
+}
+
+pub fn chunk_header(c: &PendingChunk) -> ChunkHeader {
+    let mut crc = crc32fast::Hasher::new();
+    for b in &c.blocks {
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(
+            b.crc32,
+            b.data.len() as u64,
+        ));
+    }
+    ChunkHeader {
+        partition_id: c.partition_id,
+        block_count: u32::try_from(c.blocks.len()).expect("blocks per chunk fit u32"),
+        payload_len: u32::try_from(c.payload_bytes).expect("chunk payload fits u32"),
+        payload_crc32: crc.finalize(),
+    }
+}
+
+fn index_record(c: &PendingChunk, segment_id: u32, chunk_offset: u64) -> IndexRecord {
+    IndexRecord {
+        partition_id: c.partition_id,
+        segment_id,
+        chunk_offset,
+        payload_len: u32::try_from(c.payload_bytes).expect("chunk payload fits u32"),
+        blocks: c
+            .blocks
+            .iter()
+            .map(|b| IndexBlock {
+                map_index: b.map_index,
+                attempt_id: b.attempt_id,
+                seq: b.seq,
+                len: b.data.len() as u32,
+                crc32: b.crc32,
+            })
+            .collect(),
+    }
+}
+
+/// Writes `shuffle.meta` atomically (temp file, fsync, rename, fsync of the directory).
+pub fn write_meta(dir: &Path, body: &[u8]) -> Result<()> {
+    let mut bytes = Vec::new();
+    frame_record(MAGIC_META, body, &mut bytes);
+    let tmp = dir.join("shuffle.meta.tmp");
+    let dst = dir.join(META_FILE);
+    let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| StoreError::io(&dst, e))?;
+    sync_dir(dir)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| StoreError::io(path, e))
+}
+
+/// Reads exactly `len` bytes at `offset`; a file that ends early is corruption, reported with its path.
+pub fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    match file.read_exact_at(&mut buf, offset) {
+        Ok(()) => Ok(Bytes::from(buf)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(StoreError::DataCorrupted(format!(
+                "{} ends before offset {} + {} bytes",
+                path.display(),
+                offset,
+                len
+            )))
+        }
+        Err(e) => Err(StoreError::io(path, e)),
+    }
+}

@@ -1,0 +1,159 @@
+//! The memory budget: one counter of pushed bytes held by the server, from the moment a batch is
+//! accepted until its chunk has been written to disk.
+//!
+//! Two thresholds act on it. Above the high watermark the flusher writes the largest partition buffers
+//! early. At the limit a push waits (bounded by `push_wait_ms_max`) for memory to be released and is then
+//! refused with RETRY_LATER: the server slows or refuses pushes instead of growing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+pub struct MemoryBudget {
+    used_bytes: AtomicU64,
+    /// Bytes handed to disk writers and not yet written (a part of `used_bytes`).
+    queued_bytes: AtomicU64,
+    pub limit_bytes: u64,
+    pub high_watermark_bytes: u64,
+    /// Signalled whenever bytes are released.
+    released: Notify,
+    /// Signalled when the flusher should look for work.
+    pub flush_wanted: Notify,
+    /// Highest `used_bytes` seen, for status and tests.
+    peak_bytes: AtomicU64,
+}
+
+pub enum Acquire {
+    Granted,
+    /// Still over the limit after waiting.
+    Refused,
+}
+
+impl MemoryBudget {
+    pub fn new(limit_bytes: u64, high_watermark_bytes: u64) -> Self {
+        assert!(high_watermark_bytes <= limit_bytes);
+        MemoryBudget {
+            used_bytes: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            limit_bytes,
+            high_watermark_bytes,
+            released: Notify::new(),
+            flush_wanted: Notify::new(),
+            peak_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn over_high_watermark(&self) -> bool {
+        self.used_bytes() > self.high_watermark_bytes
+    }
+
+    fn try_acquire(&self, bytes: u64) -> bool {
+        let mut used = self.used_bytes.load(Ordering::Acquire);
+        loop {
+            let next = used + bytes;
+            if next > self.limit_bytes {
+                return false;
+            }
+            match self.used_bytes.compare_exchange_weak(
+                used,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.peak_bytes.fetch_max(next, Ordering::AcqRel);
+                    return true;
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Takes `bytes` from the budget, waiting up to `wait` for other data to be written out.
+    pub async fn acquire(&self, bytes: u64, wait: Duration) -> Acquire {
+        assert!(
+            bytes <= self.limit_bytes,
+            "a single batch larger than the memory limit"
+        );
+        let deadline = Instant::now() + wait;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.try_acquire(bytes) {
+                if self.over_high_watermark() {
+                    self.flush_wanted.notify_one();
+                }
+                return Acquire::Granted;
+            }
+            self.flush_wanted.notify_one();
+            let now = Instant::now();
+            if now >= deadline {
+                return Acquire::Refused;
+            }
+            // Wake at least every 50 ms: a release may have been missed by a waiter that just lost a race.
+            let nap = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(nap, released).await;
+        }
+    }
+
+    pub fn release(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        assert!(before >= bytes, "memory budget released more than it held");
+        self.released.notify_waiters();
+    }
+
+    pub fn queue(&self, bytes: u64) {
+        self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes written out by a disk writer: no longer queued, no longer held.
+    pub fn written(&self, bytes: u64) {
+        let before = self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        assert!(
+            before >= bytes,
+            "memory budget unqueued more than it queued"
+        );
+        self.release(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_budget_refuses_after_waiting_and_grants_after_release() {
+        let m = MemoryBudget::new(100, 80);
+        assert!(matches!(
+            m.acquire(90, Duration::ZERO).await,
+            Acquire::Granted
+        ));
+        assert!(matches!(
+            m.acquire(20, Duration::from_millis(10)).await,
+            Acquire::Refused
+        ));
+        m.release(50);
+        assert!(matches!(
+            m.acquire(20, Duration::ZERO).await,
+            Acquire::Granted
+        ));
+        assert_eq!(m.used_bytes(), 60);
+        assert_eq!(m.peak_bytes(), 90);
+    }
+}

@@ -1,0 +1,791 @@
+//! The store: apps, shuffles and disks, and the operations the service layer calls (register, push,
+//! commit, fetch, unregister, heartbeat, status). It never sees a protobuf type; requests arrive as
+//! validated values and leave as plain structs.
+//!
+//! Module map:
+//! - [`memory`]: the memory budget (high watermark, hard limit, waiting pushes).
+//! - [`shuffle`]: per-shuffle state: partition buffers, attempts, commits, in-memory index.
+//! - [`disk`]: a data directory and its writer thread (group commit).
+//! - [`files`]: every file operation of a shuffle directory.
+//! - [`recovery`]: rebuilding shuffles from disk at startup.
+
+pub mod disk;
+pub mod files;
+pub mod memory;
+pub mod recovery;
+pub mod shuffle;
+
+use crate::config::Config;
+use crate::error::{Result, StoreError};
+use crate::format::{PartitionCount, ShuffleMeta, FORMAT_VERSION};
+use crate::ids::{AppId, ShuffleKey};
+use bytes::Bytes;
+use disk::{Disk, DiskState, WriteJob};
+use memory::{Acquire, MemoryBudget};
+use parking_lot::{Mutex, RwLock};
+use shuffle::{BlockLoc, CommitStart, MapSummary, PushBlock, PushOutcome, Shuffle};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// How long a commit waits for a concurrent commit of another attempt of the same map.
+const COMMIT_WAIT_MAX: Duration = Duration::from_secs(120);
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct AppLease {
+    last_seen: Instant,
+    shuffles: BTreeSet<u32>,
+}
+
+pub enum PushResult {
+    Accepted { duplicate_blocks: u32 },
+    RetryLater { retry_after_ms: u32 },
+    MapCommitted { attempt_id: u64 },
+}
+
+pub struct CommitResult {
+    pub committed: bool,
+    pub committed_attempt_id: u64,
+}
+
+pub struct FetchRequest {
+    pub key: ShuffleKey,
+    pub partitions: std::ops::Range<u32>,
+    /// `end == 0` means all maps.
+    pub maps: std::ops::Range<u32>,
+    pub accepted: Vec<(u32, u64)>,
+    pub chunk_bytes_max: u64,
+}
+
+/// One message of a fetch stream.
+pub enum FetchItem {
+    Blocks(Vec<(BlockLoc, Bytes)>),
+    Summary(Vec<MapSummary>),
+}
+
+#[derive(serde::Serialize)]
+pub struct DiskSnapshot {
+    pub path: String,
+    pub state: &'static str,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub used_by_croupier_bytes: u64,
+    pub write_errors: u64,
+}
+
+#[derive(serde::Serialize)]
+pub struct ShuffleSnapshot {
+    pub app_id: String,
+    pub shuffle_id: u32,
+    pub num_maps: u32,
+    pub num_partitions: u32,
+    pub committed_maps: u32,
+    pub buffered_bytes: u64,
+    pub disk_bytes: u64,
+    pub disk: String,
+    pub damaged: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+pub struct StatusSnapshot {
+    pub version: &'static str,
+    pub accepting_pushes: bool,
+    pub draining: bool,
+    pub memory_used_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub memory_high_watermark_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub apps: usize,
+    pub shuffles: Vec<ShuffleSnapshot>,
+    pub disks: Vec<DiskSnapshot>,
+    pub push_bytes_total: u64,
+    pub push_blocks_total: u64,
+    pub push_rejected_total: u64,
+    pub fetch_bytes_total: u64,
+    pub bytes_in_memory: u64,
+    pub bytes_on_disk: u64,
+}
+
+pub struct Store {
+    pub config: Config,
+    pub disks: Vec<Arc<Disk>>,
+    pub memory: Arc<MemoryBudget>,
+    shuffles: RwLock<HashMap<ShuffleKey, Arc<Shuffle>>>,
+    apps: Mutex<HashMap<AppId, AppLease>>,
+    draining: AtomicBool,
+    fetch_streams: Arc<Semaphore>,
+    push_bytes_total: AtomicU64,
+    push_blocks_total: AtomicU64,
+    push_rejected_total: AtomicU64,
+    fetch_bytes_total: AtomicU64,
+    /// Serializes registrations so that two concurrent ones of the same shuffle create it once.
+    register_lock: tokio::sync::Mutex<()>,
+}
+
+impl Store {
+    /// Opens every data dir, recovers the shuffles found there, and starts the disk writers.
+    pub fn open(config: Config) -> Result<Arc<Store>, String> {
+        config.validate()?;
+        let memory = Arc::new(MemoryBudget::new(
+            config.memory_budget_bytes,
+            config.memory_high_watermark_bytes(),
+        ));
+        let mut disks = Vec::new();
+        for (i, dir) in config.data_dirs.iter().enumerate() {
+            std::fs::create_dir_all(dir.join("apps"))
+                .map_err(|e| format!("data dir {}: {e}", dir.display()))?;
+            let root = dir
+                .canonicalize()
+                .map_err(|e| format!("data dir {}: {e}", dir.display()))?;
+            let disk = Disk::start(
+                i as u32,
+                root,
+                config.disk_queue_jobs_max as usize,
+                memory.clone(),
+                config.durability,
+            )
+            .map_err(|e| format!("starting the writer of {}: {e}", dir.display()))?;
+            disks.push(disk);
+        }
+        let store = Arc::new(Store {
+            fetch_streams: Arc::new(Semaphore::new(config.fetch_streams_max as usize)),
+            config,
+            disks,
+            memory,
+            shuffles: RwLock::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            push_bytes_total: AtomicU64::new(0),
+            push_blocks_total: AtomicU64::new(0),
+            push_rejected_total: AtomicU64::new(0),
+            fetch_bytes_total: AtomicU64::new(0),
+            register_lock: tokio::sync::Mutex::new(()),
+        });
+        for disk in &store.disks {
+            for shuffle in recovery::recover_disk(disk, &store.config) {
+                store.adopt(Arc::new(shuffle));
+            }
+        }
+        Ok(store)
+    }
+
+    fn adopt(&self, shuffle: Arc<Shuffle>) {
+        let key = shuffle.key.clone();
+        self.apps
+            .lock()
+            .entry(key.app.clone())
+            .or_insert_with(|| AppLease {
+                last_seen: Instant::now(),
+                shuffles: BTreeSet::new(),
+            })
+            .shuffles
+            .insert(key.shuffle_id);
+        self.shuffles.write().insert(key, shuffle);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Release);
+    }
+
+    pub fn healthy_disks(&self) -> usize {
+        self.disks
+            .iter()
+            .filter(|d| d.state() == DiskState::Healthy)
+            .count()
+    }
+
+    /// True when pushes are accepted: not draining, a healthy disk, under the memory limit.
+    pub fn accepting_pushes(&self) -> bool {
+        !self.is_draining()
+            && self.healthy_disks() > 0
+            && self.memory.used_bytes() < self.memory.limit_bytes
+    }
+
+    fn touch(&self, app: &AppId) -> bool {
+        match self.apps.lock().get_mut(app) {
+            Some(lease) => {
+                lease.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn shuffle(&self, key: &ShuffleKey) -> Result<Arc<Shuffle>> {
+        self.touch(&key.app);
+        self.shuffles
+            .read()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("{key} is not registered on this server")))
+    }
+
+    pub async fn register_shuffle(
+        &self,
+        key: ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+    ) -> Result<bool> {
+        if num_maps == 0 || num_maps > self.config.maps_max {
+            return Err(StoreError::invalid(
+                "num_maps",
+                format!("{num_maps} is out of range 1..={}", self.config.maps_max),
+            ));
+        }
+        if num_partitions == 0 || num_partitions > self.config.partitions_max {
+            return Err(StoreError::invalid(
+                "num_partitions",
+                format!(
+                    "{num_partitions} is out of range 1..={}",
+                    self.config.partitions_max
+                ),
+            ));
+        }
+        let _guard = self.register_lock.lock().await;
+        if let Some(existing) = self.shuffles.read().get(&key).cloned() {
+            self.touch(&key.app);
+            if existing.num_maps != num_maps || existing.num_partitions != num_partitions {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "{key} is registered with num_maps {} and num_partitions {}; this registration says {num_maps} and {num_partitions}",
+                    existing.num_maps, existing.num_partitions
+                )));
+            }
+            return Ok(false);
+        }
+        if self.is_draining() {
+            return Err(StoreError::Unavailable(
+                "server is draining: no new shuffles".into(),
+            ));
+        }
+        if self.shuffles.read().len() >= self.config.shuffles_max as usize {
+            return Err(StoreError::Overloaded {
+                message: format!(
+                    "server holds its maximum of {} shuffles",
+                    self.config.shuffles_max
+                ),
+                retry_after_ms: 10_000,
+            });
+        }
+        let disk = self.pick_disk()?;
+        let dir = disk
+            .apps_dir()
+            .join(key.app.as_str())
+            .join(key.shuffle_id.to_string());
+        let meta = ShuffleMeta {
+            format_version: FORMAT_VERSION,
+            shuffle_id: key.shuffle_id,
+            num_maps,
+            num_partitions,
+            created_at_ms: now_ms(),
+            app_id: key.app.to_string(),
+        };
+        let segment_bytes_max = self.config.segment_bytes_max;
+        let dir2 = dir.clone();
+        let files = tokio::task::spawn_blocking(move || -> Result<files::ShuffleFiles> {
+            std::fs::create_dir_all(&dir2).map_err(|e| StoreError::io(&dir2, e))?;
+            let mut body = Vec::new();
+            meta.encode_body(&mut body);
+            files::write_meta(&dir2, &body)?;
+            if let Some(parent) = dir2.parent() {
+                files::sync_dir(parent)?;
+            }
+            files::ShuffleFiles::open(&dir2, segment_bytes_max, &[])
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("registration task failed: {e}")))??;
+        let shuffle = Shuffle::new(key.clone(), num_maps, num_partitions, disk, dir, files);
+        self.adopt(Arc::new(shuffle));
+        metrics::counter!("croupier_shuffles_registered_total").increment(1);
+        Ok(true)
+    }
+
+    /// The healthy disk with the most free space.
+    fn pick_disk(&self) -> Result<Arc<Disk>> {
+        self.disks
+            .iter()
+            .filter(|d| d.state() == DiskState::Healthy)
+            .max_by_key(|d| d.space().0)
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable("no healthy disk".into()))
+    }
+
+    pub async fn push(
+        &self,
+        key: &ShuffleKey,
+        map_index: u32,
+        attempt_id: u64,
+        blocks: Vec<PushBlock>,
+    ) -> Result<PushResult> {
+        let shuffle = self.shuffle(key)?;
+        if self.is_draining() {
+            return Err(StoreError::Unavailable(
+                "server is draining: pushes are refused".into(),
+            ));
+        }
+        shuffle.validate_push(map_index, &blocks)?;
+        let bytes: u64 = blocks.iter().map(|b| b.data.len() as u64).sum();
+        let block_count = blocks.len() as u64;
+        let wait = Duration::from_millis(self.config.push_wait_ms_max);
+        if let Acquire::Refused = self.memory.acquire(bytes, wait).await {
+            self.push_rejected_total.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("croupier_push_rejected_total", "reason" => "memory").increment(1);
+            return Ok(PushResult::RetryLater {
+                retry_after_ms: self.config.push_retry_after_ms,
+            });
+        }
+        let outcome = match shuffle.push(
+            map_index,
+            attempt_id,
+            blocks,
+            self.config.chunk_bytes_target,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                self.memory.release(bytes);
+                metrics::counter!("croupier_push_rejected_total", "reason" => e.reason())
+                    .increment(1);
+                return Err(e);
+            }
+        };
+        match outcome {
+            PushOutcome::MapCommitted(winner) => {
+                self.memory.release(bytes);
+                Ok(PushResult::MapCommitted { attempt_id: winner })
+            }
+            PushOutcome::Accepted {
+                duplicate_blocks,
+                duplicate_bytes,
+                flush,
+            } => {
+                self.memory.release(duplicate_bytes);
+                self.push_bytes_total
+                    .fetch_add(bytes - duplicate_bytes, Ordering::Relaxed);
+                self.push_blocks_total
+                    .fetch_add(block_count - u64::from(duplicate_blocks), Ordering::Relaxed);
+                metrics::counter!("croupier_push_bytes_total").increment(bytes - duplicate_bytes);
+                metrics::counter!("croupier_push_blocks_total")
+                    .increment(block_count - u64::from(duplicate_blocks));
+                if duplicate_blocks > 0 {
+                    metrics::counter!("croupier_push_duplicate_blocks_total")
+                        .increment(u64::from(duplicate_blocks));
+                }
+                if !flush.is_empty() {
+                    self.submit_flush(&shuffle, flush).await?;
+                }
+                Ok(PushResult::Accepted { duplicate_blocks })
+            }
+        }
+    }
+
+    async fn submit_flush(
+        &self,
+        shuffle: &Arc<Shuffle>,
+        chunks: Vec<files::PendingChunk>,
+    ) -> Result<()> {
+        let job = WriteJob {
+            shuffle: shuffle.clone(),
+            chunks,
+            commit: None,
+            reply: None,
+        };
+        self.memory.queue(job.payload_bytes());
+        let bytes = job.payload_bytes();
+        if let Err(e) = shuffle.disk.submit(job).await {
+            self.memory.written(bytes);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub async fn commit(
+        &self,
+        key: &ShuffleKey,
+        map_index: u32,
+        attempt_id: u64,
+        promised: Vec<PartitionCount>,
+    ) -> Result<CommitResult> {
+        let shuffle = self.shuffle(key)?;
+        let started = Instant::now();
+        loop {
+            let changed = shuffle.commit_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match shuffle.begin_commit(map_index, attempt_id, promised.clone(), now_ms())? {
+                CommitStart::Done(winner) => {
+                    return Ok(CommitResult {
+                        committed: winner == attempt_id,
+                        committed_attempt_id: winner,
+                    })
+                }
+                CommitStart::Wait => {
+                    if started.elapsed() > COMMIT_WAIT_MAX {
+                        return Err(StoreError::Overloaded {
+                            message: format!("map {map_index} of {key} is still being committed by another attempt"),
+                            retry_after_ms: 1_000,
+                        });
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
+                }
+                CommitStart::Begin { chunks, record } => {
+                    let (tx, rx) = oneshot::channel();
+                    let job = WriteJob {
+                        shuffle: shuffle.clone(),
+                        chunks,
+                        commit: Some(record.clone()),
+                        reply: Some(tx),
+                    };
+                    let bytes = job.payload_bytes();
+                    self.memory.queue(bytes);
+                    let result = match shuffle.disk.submit(job).await {
+                        Ok(()) => rx.await.unwrap_or_else(|_| {
+                            Err(StoreError::Unavailable(
+                                "the disk writer dropped the commit".into(),
+                            ))
+                        }),
+                        Err(e) => {
+                            self.memory.written(bytes);
+                            Err(e)
+                        }
+                    };
+                    let ok = result.is_ok();
+                    shuffle.finish_commit(record, ok);
+                    metrics::histogram!("croupier_commit_latency_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    result?;
+                    metrics::counter!("croupier_commits_total").increment(1);
+                    return Ok(CommitResult {
+                        committed: true,
+                        committed_attempt_id: attempt_id,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Plans a fetch and starts streaming it. The receiver yields block groups, then one summary.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<mpsc::Receiver<Result<FetchItem>>> {
+        let shuffle = self.shuffle(&req.key)?;
+        let p = &req.partitions;
+        if p.start >= p.end || p.end > shuffle.num_partitions {
+            return Err(StoreError::invalid(
+                "partition_start",
+                format!(
+                    "partition range {}..{} is empty or exceeds num_partitions {} of {}",
+                    p.start, p.end, shuffle.num_partitions, req.key
+                ),
+            ));
+        }
+        let maps = if req.maps.end == 0 {
+            req.maps.start..shuffle.num_maps
+        } else {
+            req.maps.clone()
+        };
+        if maps.start >= maps.end || maps.end > shuffle.num_maps {
+            return Err(StoreError::invalid(
+                "map_start",
+                format!(
+                    "map range {}..{} is empty or exceeds num_maps {} of {}",
+                    maps.start, maps.end, shuffle.num_maps, req.key
+                ),
+            ));
+        }
+        let plan = shuffle.plan_fetch(p.clone(), maps, &req.accepted)?;
+        let permit = self
+            .fetch_streams
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("server is shutting down".into()))?;
+        let chunk_max = if req.chunk_bytes_max == 0 {
+            self.config.fetch_chunk_bytes_max
+        } else {
+            req.chunk_bytes_max.min(self.config.fetch_chunk_bytes_max)
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let _permit = permit;
+            stream_plan(shuffle, plan, chunk_max, tx).await;
+            metrics::histogram!("croupier_fetch_latency_seconds")
+                .record(started.elapsed().as_secs_f64());
+        });
+        Ok(rx)
+    }
+
+    pub fn note_fetched(&self, bytes: u64) {
+        self.fetch_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+        metrics::counter!("croupier_fetch_bytes_total").increment(bytes);
+    }
+
+    pub async fn unregister_shuffle(&self, key: &ShuffleKey) -> bool {
+        let removed = self.shuffles.write().remove(key);
+        if let Some(lease) = self.apps.lock().get_mut(&key.app) {
+            lease.shuffles.remove(&key.shuffle_id);
+            lease.last_seen = Instant::now();
+        }
+        let Some(shuffle) = removed else { return false };
+        self.destroy(shuffle).await;
+        true
+    }
+
+    async fn destroy(&self, shuffle: Arc<Shuffle>) {
+        let freed = shuffle.delete();
+        self.memory.release(freed);
+        let dir = shuffle.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not delete shuffle directory");
+                }
+            }
+            // Remove the app directory once its last shuffle is gone.
+            if let Some(app_dir) = dir.parent() {
+                let _ = std::fs::remove_dir(app_dir);
+            }
+        })
+        .await;
+        metrics::counter!("croupier_shuffles_deleted_total").increment(1);
+    }
+
+    pub async fn unregister_app(&self, app: &AppId) -> bool {
+        let lease = self.apps.lock().remove(app);
+        let keys: Vec<ShuffleKey> = self
+            .shuffles
+            .read()
+            .keys()
+            .filter(|k| &k.app == app)
+            .cloned()
+            .collect();
+        let existed = lease.is_some() || !keys.is_empty();
+        for key in keys {
+            let removed = self.shuffles.write().remove(&key);
+            if let Some(s) = removed {
+                self.destroy(s).await;
+            }
+        }
+        existed
+    }
+
+    pub fn heartbeat(&self, app: &AppId) -> bool {
+        self.touch(app)
+    }
+
+    /// Deletes apps whose lease ran out. Returns the expired app ids.
+    pub async fn expire_apps(&self) -> Vec<AppId> {
+        let timeout = Duration::from_millis(self.config.app_lease_timeout_ms);
+        let expired: Vec<AppId> = self
+            .apps
+            .lock()
+            .iter()
+            .filter(|(_, l)| l.last_seen.elapsed() > timeout)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for app in &expired {
+            tracing::info!(app = %app, "app lease expired; deleting its shuffles");
+            metrics::counter!("croupier_apps_expired_total").increment(1);
+            self.unregister_app(app).await;
+        }
+        expired
+    }
+
+    /// Writes the largest partition buffers when memory is above the high watermark.
+    pub async fn flush_for_memory(&self) {
+        let m = &self.memory;
+        if !m.over_high_watermark() {
+            return;
+        }
+        let low = m.high_watermark_bytes / 5 * 4;
+        let mut wanted = m
+            .used_bytes()
+            .saturating_sub(low)
+            .saturating_sub(m.queued_bytes());
+        if wanted == 0 {
+            return;
+        }
+        let mut candidates: Vec<Arc<Shuffle>> = self
+            .shuffles
+            .read()
+            .values()
+            .filter(|s| s.buffered_bytes() > 0)
+            .cloned()
+            .collect();
+        candidates.sort_unstable_by_key(|s| std::cmp::Reverse(s.buffered_bytes()));
+        for s in candidates {
+            if wanted == 0 {
+                break;
+            }
+            let chunks = s.take_largest_buffers(wanted);
+            let bytes: u64 = chunks.iter().map(|c| c.payload_bytes).sum();
+            wanted = wanted.saturating_sub(bytes);
+            if !chunks.is_empty() {
+                metrics::counter!("croupier_memory_flushes_total").increment(1);
+                let _ = self.submit_flush(&s, chunks).await;
+            }
+        }
+    }
+
+    /// Syncs every shuffle's files (used at shutdown so committed data is durable whatever the
+    /// durability setting).
+    pub fn sync_all(&self) {
+        let shuffles: Vec<Arc<Shuffle>> = self.shuffles.read().values().cloned().collect();
+        for s in shuffles {
+            let mut f = s.files.lock();
+            if let Err(e) = f.sync_data().and_then(|_| f.sync_commits()) {
+                tracing::error!(shuffle = %s.key, error = %e, "sync at shutdown failed");
+            }
+        }
+    }
+
+    pub fn status(&self) -> StatusSnapshot {
+        let shuffles: Vec<Arc<Shuffle>> = self.shuffles.read().values().cloned().collect();
+        let mut per_disk: HashMap<u32, u64> = HashMap::new();
+        let mut snaps: Vec<ShuffleSnapshot> = shuffles
+            .iter()
+            .map(|s| {
+                let disk_bytes = s.disk_bytes.load(Ordering::Relaxed);
+                *per_disk.entry(s.disk.id).or_default() += disk_bytes;
+                ShuffleSnapshot {
+                    app_id: s.key.app.to_string(),
+                    shuffle_id: s.key.shuffle_id,
+                    num_maps: s.num_maps,
+                    num_partitions: s.num_partitions,
+                    committed_maps: s.committed_maps(),
+                    buffered_bytes: s.buffered_bytes(),
+                    disk_bytes,
+                    disk: s.disk.root.display().to_string(),
+                    damaged: s.damaged(),
+                }
+            })
+            .collect();
+        snaps.sort_by(|a, b| (&a.app_id, a.shuffle_id).cmp(&(&b.app_id, b.shuffle_id)));
+        let disks = self
+            .disks
+            .iter()
+            .map(|d| {
+                let (free, total) = d.space();
+                DiskSnapshot {
+                    path: d.root.display().to_string(),
+                    state: d.state().as_str(),
+                    free_bytes: free,
+                    total_bytes: total,
+                    used_by_croupier_bytes: per_disk.get(&d.id).copied().unwrap_or(0),
+                    write_errors: d.write_errors.load(Ordering::Relaxed),
+                }
+            })
+            .collect::<Vec<_>>();
+        let bytes_on_disk = disks.iter().map(|d| d.used_by_croupier_bytes).sum();
+        StatusSnapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            accepting_pushes: self.accepting_pushes(),
+            draining: self.is_draining(),
+            memory_used_bytes: self.memory.used_bytes(),
+            memory_peak_bytes: self.memory.peak_bytes(),
+            memory_high_watermark_bytes: self.memory.high_watermark_bytes,
+            memory_limit_bytes: self.memory.limit_bytes,
+            apps: self.apps.lock().len(),
+            shuffles: snaps,
+            disks,
+            push_bytes_total: self.push_bytes_total.load(Ordering::Relaxed),
+            push_blocks_total: self.push_blocks_total.load(Ordering::Relaxed),
+            push_rejected_total: self.push_rejected_total.load(Ordering::Relaxed),
+            fetch_bytes_total: self.fetch_bytes_total.load(Ordering::Relaxed),
+            bytes_in_memory: self.memory.used_bytes(),
+            bytes_on_disk,
+        }
+    }
+}
+
+/// Reads the planned blocks in runs of adjacent blocks, checks every block's CRC, and sends them.
+async fn stream_plan(
+    shuffle: Arc<Shuffle>,
+    plan: shuffle::FetchPlan,
+    chunk_bytes_max: u64,
+    tx: mpsc::Sender<Result<FetchItem>>,
+) {
+    let blocks = plan.blocks;
+    let mut i = 0;
+    while i < blocks.len() {
+        // One message: blocks [i, j) totalling at most chunk_bytes_max (at least one block).
+        let mut j = i;
+        let mut bytes = 0u64;
+        while j < blocks.len() && (j == i || bytes + u64::from(blocks[j].len) <= chunk_bytes_max) {
+            bytes += u64::from(blocks[j].len);
+            j += 1;
+        }
+        let group: Vec<BlockLoc> = blocks[i..j].to_vec();
+        let s = shuffle.clone();
+        let read = tokio::task::spawn_blocking(move || read_group(&s, group))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Unavailable(format!(
+                    "fetch read task failed: {e}"
+                )))
+            });
+        let failed = read.is_err();
+        if tx.send(read.map(FetchItem::Blocks)).await.is_err() || failed {
+            return;
+        }
+        i = j;
+    }
+    let _ = tx.send(Ok(FetchItem::Summary(plan.maps))).await;
+}
+
+/// Reads a group of blocks with one positioned read per run of adjacent blocks.
+fn read_group(shuffle: &Shuffle, group: Vec<BlockLoc>) -> Result<Vec<(BlockLoc, Bytes)>> {
+    let mut out = Vec::with_capacity(group.len());
+    let mut i = 0;
+    while i < group.len() {
+        let first = group[i];
+        let mut end = first.data_offset + u64::from(first.len);
+        let mut j = i + 1;
+        while j < group.len()
+            && group[j].segment_id == first.segment_id
+            && group[j].data_offset == end
+        {
+            end += u64::from(group[j].len);
+            j += 1;
+        }
+        let path = shuffle.dir.join(files::segment_file_name(first.segment_id));
+        let file = shuffle.segment_reader(first.segment_id).ok_or_else(|| {
+            StoreError::DataCorrupted(format!(
+                "{} partition {}: segment file {} is missing",
+                shuffle.key,
+                first.partition_id,
+                path.display()
+            ))
+        })?;
+        let run = files::read_at(
+            &file,
+            &path,
+            first.data_offset,
+            (end - first.data_offset) as usize,
+        )?;
+        let mut pos = 0usize;
+        for b in &group[i..j] {
+            let data = run.slice(pos..pos + b.len as usize);
+            pos += b.len as usize;
+            let actual = crc32fast::hash(&data);
+            if actual != b.crc32 {
+                metrics::counter!("croupier_fetch_corrupt_blocks_total").increment(1);
+                return Err(StoreError::DataCorrupted(format!(
+                    "{} partition {} map {} attempt {} seq {}: block at offset {} of file {} fails its checksum (expected {:#010x}, found {:#010x}); it was not sent",
+                    shuffle.key, b.partition_id, b.map_index, b.attempt_id, b.seq, b.data_offset, path.display(), b.crc32, actual
+                )));
+            }
+            out.push((*b, data));
+        }
+        i = j;
+    }
+    Ok(out)
+}

@@ -1,0 +1,714 @@
+//! One shuffle's state: partition buffers, map attempts and their pushed counts, the commit of each map,
+//! and the in-memory index of every block written to disk.
+//!
+//! All of it sits behind one mutex that is held only for bookkeeping (appending `Bytes` handles to
+//! vectors, comparing counters); checksums, disk writes and reads happen outside it. Files are touched
+//! only by the disk writer thread through [`ShuffleFiles`].
+//!
+//! Invariants:
+//! - For every (map attempt, partition) the blocks held are exactly seq `0..next_seq`: a retried block
+//!   (seq below `next_seq`) is dropped as a duplicate, a gap is refused.
+//! - A map has at most one committed attempt, and it never changes once committed.
+//! - Only blocks of committed attempts are ever planned for a fetch, and a fetch plan is checked against
+//!   the commit's per-partition counts before any byte is sent.
+
+use super::disk::Disk;
+use super::files::{BufferedBlock, PendingChunk, ShuffleFiles, WrittenChunk};
+use crate::error::{Result, StoreError};
+use crate::format::{CommitRecord, PartitionCount, CHUNK_HEADER_BYTES};
+use crate::ids::ShuffleKey;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// A pushed block, validated (partition in range, CRC matches) but not yet stored.
+pub struct PushBlock {
+    pub partition_id: u32,
+    pub seq: u32,
+    pub crc32: u32,
+    pub data: Bytes,
+}
+
+/// A block on disk.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockLoc {
+    pub partition_id: u32,
+    pub map_index: u32,
+    pub attempt_id: u64,
+    pub seq: u32,
+    pub len: u32,
+    pub crc32: u32,
+    pub segment_id: u32,
+    /// Offset of the block's first data byte in the segment file.
+    pub data_offset: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum MapCommit {
+    Open,
+    Committing(u64),
+    Committed(Arc<CommitRecord>),
+}
+
+#[derive(Default)]
+struct AttemptState {
+    /// partition -> (next expected seq, bytes held)
+    partitions: HashMap<u32, (u32, u64)>,
+    /// Set when some of the attempt's blocks could not be written: it can never commit.
+    lost: Option<String>,
+}
+
+#[derive(Default)]
+struct PartitionBuffer {
+    blocks: Vec<BufferedBlock>,
+    bytes: u64,
+}
+
+pub struct ShuffleState {
+    buffers: Vec<PartitionBuffer>,
+    attempts: HashMap<(u32, u64), AttemptState>,
+    maps: Vec<MapCommit>,
+    index: Vec<Vec<BlockLoc>>,
+    /// Why the shuffle is read-only (damage found at recovery), if it is.
+    damaged: Option<String>,
+}
+
+pub struct Shuffle {
+    pub key: ShuffleKey,
+    pub num_maps: u32,
+    pub num_partitions: u32,
+    pub disk: Arc<Disk>,
+    pub dir: PathBuf,
+    pub files: Mutex<ShuffleFiles>,
+    state: Mutex<ShuffleState>,
+    segments: RwLock<HashMap<u32, Arc<File>>>,
+    pub commit_changed: Notify,
+    deleted: AtomicBool,
+    buffered_bytes: AtomicU64,
+    pub disk_bytes: AtomicU64,
+}
+
+pub enum PushOutcome {
+    Accepted {
+        duplicate_blocks: u32,
+        duplicate_bytes: u64,
+        flush: Vec<PendingChunk>,
+    },
+    MapCommitted(u64),
+}
+
+pub enum CommitStart {
+    /// This or another attempt already committed the map.
+    Done(u64),
+    /// Another attempt is committing: wait for `commit_changed`, then ask again.
+    Wait,
+    /// Write these chunks, then the record.
+    Begin {
+        chunks: Vec<PendingChunk>,
+        record: CommitRecord,
+    },
+}
+
+pub struct MapSummary {
+    pub map_index: u32,
+    pub attempt_id: u64,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+pub struct FetchPlan {
+    pub blocks: Vec<BlockLoc>,
+    pub maps: Vec<MapSummary>,
+}
+
+impl Shuffle {
+    pub fn new(
+        key: ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+        disk: Arc<Disk>,
+        dir: PathBuf,
+        files: ShuffleFiles,
+    ) -> Shuffle {
+        let mut buffers = Vec::new();
+        buffers.resize_with(num_partitions as usize, PartitionBuffer::default);
+        let mut index = Vec::new();
+        index.resize_with(num_partitions as usize, Vec::new);
+        Shuffle {
+            key,
+            num_maps,
+            num_partitions,
+            disk,
+            dir,
+            files: Mutex::new(files),
+            state: Mutex::new(ShuffleState {
+                buffers,
+                attempts: HashMap::new(),
+                maps: vec![MapCommit::Open; num_maps as usize],
+                index,
+                damaged: None,
+            }),
+            segments: RwLock::new(HashMap::new()),
+            commit_changed: Notify::new(),
+            deleted: AtomicBool::new(false),
+            buffered_bytes: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn committed_maps(&self) -> u32 {
+        let st = self.state.lock();
+        st.maps
+            .iter()
+            .filter(|m| matches!(m, MapCommit::Committed(_)))
+            .count() as u32
+    }
+
+    pub fn add_segment_reader(&self, id: u32, file: Arc<File>) {
+        self.segments.write().insert(id, file);
+    }
+
+    pub fn segment_reader(&self, id: u32) -> Option<Arc<File>> {
+        self.segments.read().get(&id).cloned()
+    }
+
+    pub fn mark_damaged(&self, why: String) {
+        self.state.lock().damaged = Some(why);
+    }
+
+    pub fn damaged(&self) -> Option<String> {
+        self.state.lock().damaged.clone()
+    }
+
+    /// Marks the shuffle deleted and drops its buffers; returns the buffered bytes to give back.
+    pub fn delete(&self) -> u64 {
+        self.deleted.store(true, Ordering::Release);
+        let mut st = self.state.lock();
+        let mut freed = 0;
+        for b in &mut st.buffers {
+            freed += b.bytes;
+            *b = PartitionBuffer::default();
+        }
+        st.attempts.clear();
+        self.buffered_bytes.fetch_sub(freed, Ordering::AcqRel);
+        drop(st);
+        self.commit_changed.notify_waiters();
+        freed
+    }
+
+    /// Checks what can be checked without the lock: ranges and checksums.
+    pub fn validate_push(&self, map_index: u32, blocks: &[PushBlock]) -> Result<()> {
+        if map_index >= self.num_maps {
+            return Err(StoreError::invalid(
+                "map_index",
+                format!(
+                    "{map_index} is out of range: {} has {} maps",
+                    self.key, self.num_maps
+                ),
+            ));
+        }
+        for (i, b) in blocks.iter().enumerate() {
+            if b.partition_id >= self.num_partitions {
+                return Err(StoreError::invalid(
+                    "blocks.partition_id",
+                    format!(
+                        "block {i}: partition {} is out of range: {} has {} partitions",
+                        b.partition_id, self.key, self.num_partitions
+                    ),
+                ));
+            }
+            let actual = crc32fast::hash(&b.data);
+            if actual != b.crc32 {
+                return Err(StoreError::invalid(
+                    "blocks.crc32",
+                    format!(
+                        "block {i} (partition {}, map {map_index}, seq {}) of {}: crc32 {:#010x} does not match its data ({actual:#010x}); batch refused",
+                        b.partition_id, b.seq, self.key, b.crc32
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a validated batch. Partition buffers that reach `chunk_bytes_target` are returned for
+    /// writing.
+    pub fn push(
+        &self,
+        map_index: u32,
+        attempt_id: u64,
+        blocks: Vec<PushBlock>,
+        chunk_bytes_target: u64,
+    ) -> Result<PushOutcome> {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        if self.is_deleted() {
+            return Err(StoreError::NotFound(format!(
+                "{} was unregistered",
+                self.key
+            )));
+        }
+        if let Some(why) = &st.damaged {
+            return Err(StoreError::FailedPrecondition(format!(
+                "{} is read-only: {why}",
+                self.key
+            )));
+        }
+        let winner = match &st.maps[map_index as usize] {
+            MapCommit::Open => None,
+            MapCommit::Committing(a) => Some(*a),
+            MapCommit::Committed(r) => Some(r.attempt_id),
+        };
+        if let Some(winner) = winner {
+            if winner != attempt_id {
+                return Ok(PushOutcome::MapCommitted(winner));
+            }
+            return Err(StoreError::FailedPrecondition(format!(
+                "map {map_index} attempt {attempt_id} of {} is committing or committed: no more pushes",
+                self.key
+            )));
+        }
+        let attempt = st.attempts.entry((map_index, attempt_id)).or_default();
+        if let Some(why) = &attempt.lost {
+            return Err(StoreError::Unavailable(format!(
+                "map {map_index} attempt {attempt_id} of {} lost blocks ({why}); rerun the map",
+                self.key
+            )));
+        }
+        let mut duplicate_blocks = 0;
+        let mut duplicate_bytes = 0;
+        let mut accepted_bytes = 0;
+        let mut flush = Vec::new();
+        for b in blocks {
+            let entry = attempt.partitions.entry(b.partition_id).or_insert((0, 0));
+            if b.seq < entry.0 {
+                duplicate_blocks += 1;
+                duplicate_bytes += b.data.len() as u64;
+                continue;
+            }
+            if b.seq > entry.0 {
+                self.buffered_bytes
+                    .fetch_add(accepted_bytes, Ordering::AcqRel);
+                return Err(StoreError::invalid(
+                    "blocks.seq",
+                    format!(
+                        "map {map_index} attempt {attempt_id} partition {} of {}: expected seq {}, got {} (blocks of a partition must be pushed in order)",
+                        b.partition_id, self.key, entry.0, b.seq
+                    ),
+                ));
+            }
+            let len = b.data.len() as u64;
+            entry.0 += 1;
+            entry.1 += len;
+            accepted_bytes += len;
+            let buf = &mut st.buffers[b.partition_id as usize];
+            buf.blocks.push(BufferedBlock {
+                map_index,
+                attempt_id,
+                seq: b.seq,
+                crc32: b.crc32,
+                data: b.data,
+            });
+            buf.bytes += len;
+            if buf.bytes >= chunk_bytes_target {
+                flush.push(take_buffer(buf, b.partition_id));
+            }
+        }
+        let flushed: u64 = flush.iter().map(|c| c.payload_bytes).sum();
+        self.buffered_bytes
+            .fetch_add(accepted_bytes, Ordering::AcqRel);
+        self.buffered_bytes.fetch_sub(flushed, Ordering::AcqRel);
+        Ok(PushOutcome::Accepted {
+            duplicate_blocks,
+            duplicate_bytes,
+            flush,
+        })
+    }
+
+    /// Takes the largest partition buffers until at least `bytes_wanted` are taken.
+    pub fn take_largest_buffers(&self, bytes_wanted: u64) -> Vec<PendingChunk> {
+        let mut st = self.state.lock();
+        let mut sizes: Vec<(u64, u32)> = st
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.bytes > 0)
+            .map(|(p, b)| (b.bytes, p as u32))
+            .collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let mut taken = 0;
+        let mut chunks = Vec::new();
+        for (bytes, p) in sizes {
+            if taken >= bytes_wanted {
+                break;
+            }
+            chunks.push(take_buffer(&mut st.buffers[p as usize], p));
+            taken += bytes;
+        }
+        self.buffered_bytes.fetch_sub(taken, Ordering::AcqRel);
+        chunks
+    }
+
+    /// First step of a commit: checks the promised counts and claims the map for this attempt.
+    pub fn begin_commit(
+        &self,
+        map_index: u32,
+        attempt_id: u64,
+        mut promised: Vec<PartitionCount>,
+        now_ms: u64,
+    ) -> Result<CommitStart> {
+        if map_index >= self.num_maps {
+            return Err(StoreError::invalid(
+                "map_index",
+                format!(
+                    "{map_index} is out of range: {} has {} maps",
+                    self.key, self.num_maps
+                ),
+            ));
+        }
+        promised.retain(|p| p.blocks > 0 || p.bytes > 0);
+        promised.sort_unstable_by_key(|p| p.partition_id);
+        for w in promised.windows(2) {
+            if w[0].partition_id == w[1].partition_id {
+                return Err(StoreError::invalid(
+                    "partitions.partition_id",
+                    format!("partition {} is listed twice", w[0].partition_id),
+                ));
+            }
+        }
+        if let Some(p) = promised
+            .iter()
+            .find(|p| p.partition_id >= self.num_partitions)
+        {
+            return Err(StoreError::invalid(
+                "partitions.partition_id",
+                format!(
+                    "{} is out of range: {} has {} partitions",
+                    p.partition_id, self.key, self.num_partitions
+                ),
+            ));
+        }
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        if self.is_deleted() {
+            return Err(StoreError::NotFound(format!(
+                "{} was unregistered",
+                self.key
+            )));
+        }
+        match &st.maps[map_index as usize] {
+            MapCommit::Committed(r) => return Ok(CommitStart::Done(r.attempt_id)),
+            MapCommit::Committing(_) => return Ok(CommitStart::Wait),
+            MapCommit::Open => {}
+        }
+        if let Some(why) = &st.damaged {
+            return Err(StoreError::FailedPrecondition(format!(
+                "{} is read-only: {why}",
+                self.key
+            )));
+        }
+        let empty = AttemptState::default();
+        let attempt = st.attempts.get(&(map_index, attempt_id)).unwrap_or(&empty);
+        if let Some(why) = &attempt.lost {
+            return Err(StoreError::Unavailable(format!(
+                "map {map_index} attempt {attempt_id} of {} lost blocks ({why}); rerun the map",
+                self.key
+            )));
+        }
+        check_counts(&self.key, map_index, attempt_id, attempt, &promised)?;
+        st.maps[map_index as usize] = MapCommit::Committing(attempt_id);
+        let mut chunks = Vec::new();
+        let mut taken = 0;
+        for p in &promised {
+            let buf = &mut st.buffers[p.partition_id as usize];
+            if !buf.blocks.is_empty() {
+                taken += buf.bytes;
+                chunks.push(take_buffer(buf, p.partition_id));
+            }
+        }
+        self.buffered_bytes.fetch_sub(taken, Ordering::AcqRel);
+        Ok(CommitStart::Begin {
+            chunks,
+            record: CommitRecord {
+                map_index,
+                attempt_id,
+                committed_at_ms: now_ms,
+                partitions: promised,
+            },
+        })
+    }
+
+    /// Called by the disk writer before it writes a commit record: an attempt that lost blocks in an
+    /// earlier failed write must not commit.
+    pub fn attempt_lost(&self, map_index: u32, attempt_id: u64) -> Option<String> {
+        let st = self.state.lock();
+        st.attempts
+            .get(&(map_index, attempt_id))
+            .and_then(|a| a.lost.clone())
+    }
+
+    /// Last step of a commit, after the writer answered.
+    pub fn finish_commit(&self, record: CommitRecord, written: bool) {
+        let mut st = self.state.lock();
+        let map = record.map_index;
+        if written {
+            st.attempts.retain(|(m, _), _| *m != map);
+            st.maps[map as usize] = MapCommit::Committed(Arc::new(record));
+        } else if matches!(st.maps[map as usize], MapCommit::Committing(a) if a == record.attempt_id)
+        {
+            st.maps[map as usize] = MapCommit::Open;
+        }
+        drop(st);
+        self.commit_changed.notify_waiters();
+    }
+
+    /// Recovery: a commit read back from the commit log.
+    pub fn recover_commit(&self, record: CommitRecord) -> Result<(), String> {
+        let mut st = self.state.lock();
+        let Some(slot) = st.maps.get_mut(record.map_index as usize) else {
+            return Err(format!("map {} out of range", record.map_index));
+        };
+        if let MapCommit::Committed(r) = slot {
+            return Err(format!(
+                "map {} committed twice (attempts {} and {}); the first is kept",
+                record.map_index, r.attempt_id, record.attempt_id
+            ));
+        }
+        *slot = MapCommit::Committed(Arc::new(record));
+        Ok(())
+    }
+
+    /// The writer wrote chunks: make their blocks findable.
+    pub fn index_chunks(&self, written: &[WrittenChunk]) {
+        let mut st = self.state.lock();
+        for w in written {
+            let r = &w.record;
+            let mut offset = r.chunk_offset + CHUNK_HEADER_BYTES as u64;
+            let list = &mut st.index[r.partition_id as usize];
+            for b in &r.blocks {
+                list.push(BlockLoc {
+                    partition_id: r.partition_id,
+                    map_index: b.map_index,
+                    attempt_id: b.attempt_id,
+                    seq: b.seq,
+                    len: b.len,
+                    crc32: b.crc32,
+                    segment_id: r.segment_id,
+                    data_offset: offset,
+                });
+                offset += u64::from(b.len);
+            }
+        }
+    }
+
+    /// Recovery: keep only index entries of committed attempts (uncommitted data is dropped).
+    pub fn drop_uncommitted_index(&self) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let maps = &st.maps;
+        for list in &mut st.index {
+            list.retain(|b| matches!(&maps[b.map_index as usize], MapCommit::Committed(r) if r.attempt_id == b.attempt_id));
+            list.shrink_to_fit();
+        }
+    }
+
+    /// The writer failed to write chunks: their attempts can never commit.
+    pub fn mark_lost(&self, chunks: &[PendingChunk], why: &str) {
+        let mut st = self.state.lock();
+        for c in chunks {
+            for b in &c.blocks {
+                st.attempts
+                    .entry((b.map_index, b.attempt_id))
+                    .or_default()
+                    .lost
+                    .get_or_insert_with(|| why.to_string());
+            }
+        }
+    }
+
+    /// Plans a fetch: which blocks, in which order, checked against the commits' promises.
+    pub fn plan_fetch(
+        &self,
+        partitions: std::ops::Range<u32>,
+        maps: std::ops::Range<u32>,
+        accepted: &[(u32, u64)],
+    ) -> Result<FetchPlan> {
+        let st = self.state.lock();
+        // selected[m - maps.start] = the committed attempt to serve for map m.
+        let width = (maps.end - maps.start) as usize;
+        let mut selected: Vec<Option<Arc<CommitRecord>>> = vec![None; width];
+        let commit_of = |m: u32| -> Result<Arc<CommitRecord>> {
+            match &st.maps[m as usize] {
+                MapCommit::Committed(r) => Ok(r.clone()),
+                _ => Err(StoreError::FailedPrecondition(format!(
+                    "map {m} of {} has no committed attempt",
+                    self.key
+                ))),
+            }
+        };
+        if accepted.is_empty() {
+            for m in maps.clone() {
+                selected[(m - maps.start) as usize] = Some(commit_of(m)?);
+            }
+        } else {
+            for &(m, a) in accepted {
+                if !maps.contains(&m) {
+                    return Err(StoreError::invalid(
+                        "accepted_attempts.map_index",
+                        format!(
+                            "map {m} is outside the requested map range {}..{}",
+                            maps.start, maps.end
+                        ),
+                    ));
+                }
+                let r = commit_of(m)?;
+                if r.attempt_id != a {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "map {m} attempt {a} of {} is not the committed attempt (attempt {} is)",
+                        self.key, r.attempt_id
+                    )));
+                }
+                selected[(m - maps.start) as usize] = Some(r);
+            }
+        }
+        let mut blocks = Vec::new();
+        let mut summary: Vec<MapSummary> = Vec::new();
+        for p in partitions.clone() {
+            let start = blocks.len();
+            for b in &st.index[p as usize] {
+                if maps.contains(&b.map_index) {
+                    if let Some(r) = &selected[(b.map_index - maps.start) as usize] {
+                        if r.attempt_id == b.attempt_id {
+                            blocks.push(*b);
+                        }
+                    }
+                }
+            }
+            let found = &mut blocks[start..];
+            found.sort_unstable_by_key(|b| (b.map_index, b.seq));
+            check_partition(&self.key, p, found, &selected, maps.start)?;
+        }
+        for (i, r) in selected.iter().enumerate() {
+            if let Some(r) = r {
+                let mut s = MapSummary {
+                    map_index: maps.start + i as u32,
+                    attempt_id: r.attempt_id,
+                    blocks: 0,
+                    bytes: 0,
+                };
+                for pc in &r.partitions {
+                    if partitions.contains(&pc.partition_id) {
+                        s.blocks += u64::from(pc.blocks);
+                        s.bytes += pc.bytes;
+                    }
+                }
+                summary.push(s);
+            }
+        }
+        Ok(FetchPlan {
+            blocks,
+            maps: summary,
+        })
+    }
+}
+
+fn take_buffer(buf: &mut PartitionBuffer, partition_id: u32) -> PendingChunk {
+    let b = std::mem::take(buf);
+    PendingChunk {
+        partition_id,
+        blocks: b.blocks,
+        payload_bytes: b.bytes,
+    }
+}
+
+fn check_counts(
+    key: &ShuffleKey,
+    map_index: u32,
+    attempt_id: u64,
+    held: &AttemptState,
+    promised: &[PartitionCount],
+) -> Result<()> {
+    for p in promised {
+        let (blocks, bytes) = held
+            .partitions
+            .get(&p.partition_id)
+            .copied()
+            .unwrap_or((0, 0));
+        if blocks != p.blocks || bytes != p.bytes {
+            return Err(StoreError::FailedPrecondition(format!(
+                "commit of map {map_index} attempt {attempt_id} of {key}: partition {} holds {blocks} blocks / {bytes} bytes, the request (partitions) says {} blocks / {} bytes",
+                p.partition_id, p.blocks, p.bytes
+            )));
+        }
+    }
+    for (&p, &(blocks, bytes)) in &held.partitions {
+        if blocks > 0
+            && promised
+                .binary_search_by_key(&p, |c| c.partition_id)
+                .is_err()
+        {
+            return Err(StoreError::FailedPrecondition(format!(
+                "commit of map {map_index} attempt {attempt_id} of {key}: partition {p} holds {blocks} blocks / {bytes} bytes the request (partitions) does not list"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `found` (one partition's blocks, sorted by map and seq) is exactly what the selected
+/// commits promised for it.
+fn check_partition(
+    key: &ShuffleKey,
+    partition_id: u32,
+    found: &[BlockLoc],
+    selected: &[Option<Arc<CommitRecord>>],
+    map_start: u32,
+) -> Result<()> {
+    let mut i = 0;
+    for (k, r) in selected.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let map = map_start + k as u32;
+        let promised = r
+            .partitions
+            .binary_search_by_key(&partition_id, |c| c.partition_id)
+            .map(|j| r.partitions[j])
+            .unwrap_or(PartitionCount {
+                partition_id,
+                blocks: 0,
+                bytes: 0,
+            });
+        let mut blocks = 0u32;
+        let mut bytes = 0u64;
+        while i < found.len() && found[i].map_index == map {
+            if found[i].seq != blocks {
+                return Err(StoreError::DataCorrupted(format!(
+                    "{key} partition {partition_id} map {map} attempt {}: block seq {} is missing from the index",
+                    r.attempt_id, blocks
+                )));
+            }
+            blocks += 1;
+            bytes += u64::from(found[i].len);
+            i += 1;
+        }
+        if blocks != promised.blocks || bytes != promised.bytes {
+            return Err(StoreError::DataCorrupted(format!(
+                "{key} partition {partition_id} map {map} attempt {}: {blocks} blocks / {bytes} bytes on disk, the commit promised {} / {}",
+                r.attempt_id, promised.blocks, promised.bytes
+            )));
+        }
+    }
+    Ok(())
+}
