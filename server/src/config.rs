@@ -11,6 +11,9 @@ use std::path::PathBuf;
 
 /// When a commit is acknowledged, its data has at least reached the OS (survives a process crash).
 /// With `Fsync` it has also been fsync'd (survives power loss); concurrent commits share fsyncs.
+/// Largest fetch message data size: clients accept messages up to 64 MiB.
+pub const FETCH_CHUNK_BYTES_MAX: u64 = 32 << 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
@@ -100,6 +103,11 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// Largest message the server sends: a fetch chunk, or one block of the largest push message.
+    pub fn encoding_bytes_max(&self) -> usize {
+        (self.message_bytes_max.max(self.fetch_chunk_bytes_max) + (1 << 20)) as usize
+    }
+
     pub fn memory_high_watermark_bytes(&self) -> u64 {
         (self.memory_budget_bytes as f64 * self.memory_high_watermark_ratio) as u64
     }
@@ -126,8 +134,10 @@ impl Config {
         if self.segment_bytes_max < 4096 {
             return Err("segment_bytes_max: must be at least 4KiB".into());
         }
-        if self.fetch_chunk_bytes_max == 0 || self.fetch_chunk_bytes_max > self.message_bytes_max {
-            return Err("fetch_chunk_bytes_max: must be within 1 ..= message_bytes_max".into());
+        if self.fetch_chunk_bytes_max == 0 || self.fetch_chunk_bytes_max > FETCH_CHUNK_BYTES_MAX {
+            return Err(format!(
+                "fetch_chunk_bytes_max: must be within 1 ..= {FETCH_CHUNK_BYTES_MAX}"
+            ));
         }
         if self.fetch_streams_max == 0 || self.disk_queue_jobs_max == 0 {
             return Err("fetch_streams_max and disk_queue_jobs_max must be at least 1".into());

@@ -13,8 +13,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 /// HTTP/2 frame size: 1 MiB frames halve the CPU cost of moving large messages (measured on loopback).
 pub const HTTP2_FRAME_BYTES: u32 = 1 << 20;
-pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 8 << 20;
-pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 
 pub async fn run(
     config: Config,
@@ -62,7 +62,7 @@ pub async fn run(
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let service = ShuffleServiceServer::new(Service::new(store.clone()))
         .max_decoding_message_size(config.message_bytes_max as usize)
-        .max_encoding_message_size(config.message_bytes_max as usize + (1 << 20));
+        .max_encoding_message_size(config.encoding_bytes_max());
     let serve = tonic::transport::Server::builder()
         .max_frame_size(Some(HTTP2_FRAME_BYTES))
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))

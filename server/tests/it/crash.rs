@@ -1,0 +1,154 @@
+use crate::common::*;
+use bytes::Bytes;
+use croupier_client::loadgen;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_commits_keeps_every_committed_attempt_and_no_uncommitted_one() {
+    let mut server = TestServer::start(2, "chunk_bytes_target = \"128KiB\"");
+    // Maps 0..6 commit; maps 6..8 push everything but never commit.
+    let mut spec = load_spec(&server.grpc, "crash", 1, 8, 16, 3 << 20, 40_000);
+    spec.map_end = 6;
+    let r = loadgen::load(spec.clone()).await.expect("load");
+    assert_eq!(r.maps_committed, 6);
+    let client = server.client().await;
+    for map in 6..8u32 {
+        let mut pusher = client.pusher("crash", 1, map, 77);
+        for p in 0..16 {
+            pusher
+                .push(p, Bytes::from(vec![map as u8; 50_000]))
+                .await
+                .unwrap();
+        }
+        pusher.finish().await.unwrap();
+    }
+    server.restart();
+
+    let mut committed = spec.clone();
+    committed.server = server.grpc.clone();
+    committed.maps = 6; // verify fetches maps 0..6 of the 8-map shuffle
+    let v = loadgen::verify(verify_spec(&committed)).await.unwrap();
+    assert_eq!(v.partitions_failed, 0, "{:?}", v.failures);
+    assert_eq!(v.bytes, 6 * (3 << 20));
+    let client = server.client().await;
+    let err = client
+        .fetch(fetch_req("crash", 1, 0..16, 6..7))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert!(
+        err.to_string().contains("map 6") && err.to_string().contains("no committed attempt"),
+        "{err}"
+    );
+
+    // The uncommitted maps can be pushed again by new attempts after the restart.
+    let mut rest = spec.clone();
+    rest.server = server.grpc.clone();
+    rest.map_start = 6;
+    rest.map_end = 8;
+    rest.attempt_base = 5000;
+    loadgen::load(rest).await.expect("rerun maps 6..8");
+    let mut all = spec.clone();
+    all.server = server.grpc.clone();
+    let v = loadgen::verify(verify_spec(&all)).await.unwrap();
+    assert_eq!(v.partitions_failed, 0, "{:?}", v.failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
+    let mut server = TestServer::start(
+        1,
+        "chunk_bytes_target = \"64KiB\"\nsegment_bytes_max = \"1MiB\"",
+    );
+    let mut interrupted = 0;
+    // Kill moments spread from "while registering pushes" to "while committing".
+    let kill_after_ms = [10u64, 60, 120, 200, 300, 450];
+    for round in 0..kill_after_ms.len() as u32 {
+        let spec = load_spec(&server.grpc, "midcrash", round, 24, 8, 2 << 20, 10_000);
+        let client = server.client().await;
+        client
+            .register_shuffle("midcrash", round, 24, 8)
+            .await
+            .unwrap();
+        let committed: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(3));
+        let mut tasks = Vec::new();
+        for map in 0..24u32 {
+            let client = client.clone();
+            let spec = spec.clone();
+            let committed = committed.clone();
+            let gate = gate.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await;
+                if loadgen::push_map(&client, &spec, map).await.is_ok() {
+                    committed.lock().unwrap().push(map);
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(kill_after_ms[round as usize])).await;
+        server.kill9();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let acked: Vec<u32> = committed.lock().unwrap().clone();
+        eprintln!("round {round}: {} of 24 commits acknowledged before the kill", acked.len());
+        interrupted += u32::from(!acked.is_empty() && acked.len() < 24);
+        // Offline check: no damage (torn tails are allowed: restart cuts them).
+        let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
+            .arg("inspect")
+            .arg(&server.dirs[0])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "round {round}: {stdout}");
+        server.restart();
+        // Every acknowledged commit is served byte for byte; unacknowledged maps are either fully
+        // committed (the ack was lost in the kill) or absent.
+        let client = server.client().await;
+        for map in 0..24u32 {
+            let req = fetch_req("midcrash", round, 0..8, map..map + 1);
+            match client.fetch(req).await {
+                Ok((blocks, summary)) => {
+                    assert_eq!(summary.total_bytes, 2 << 20, "round {round} map {map}");
+                    assert_map_bytes(&spec, map, &blocks);
+                }
+                Err(e) => {
+                    assert!(
+                        !acked.contains(&map),
+                        "round {round}: acknowledged map {map} lost: {e}"
+                    );
+                    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+                }
+            }
+        }
+    }
+    assert!(interrupted > 0, "no round was killed between the first and the last commit");
+}
+
+/// Compares one map's fetched blocks (all partitions) with the data `load` generates for it.
+fn assert_map_bytes(
+    spec: &loadgen::LoadSpec,
+    map: u32,
+    blocks: &[croupier_client::proto::FetchedBlock],
+) {
+    use croupier_client::datagen::{partition_bytes, ByteStream};
+    for p in 0..spec.partitions {
+        let got: Vec<u8> = blocks
+            .iter()
+            .filter(|b| b.partition_id == p)
+            .flat_map(|b| b.data.iter().copied())
+            .collect();
+        assert!(blocks
+            .iter()
+            .all(|b| b.map_index == map && b.attempt_id == spec.attempt_base + u64::from(map)));
+        let mut want = vec![0u8; partition_bytes(spec.bytes_per_map, spec.partitions, p) as usize];
+        ByteStream::new(spec.seed, map, p).fill(&mut want);
+        assert!(
+            got == want,
+            "map {map} partition {p} differs from what was pushed"
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: every test starts the real `croupier` binary on loopback with its own temporary
+//! data dirs and talks to it through the Rust client (or raw gRPC for malformed requests).
+
+mod common;
+
+mod bad_input;
+mod crash;
+mod integrity;
+mod lifecycle;
+mod memory;
+mod round_trip;

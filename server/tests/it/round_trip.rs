@@ -1,0 +1,255 @@
+use crate::common::*;
+use bytes::Bytes;
+use croupier_client::datagen::{partition_bytes, ByteStream};
+use std::collections::HashMap;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partition_reads_back_byte_for_byte_at_block_sizes_from_1kib_to_4mib() {
+    let server = TestServer::start(
+        2,
+        "segment_bytes_max = \"16MiB\"\nchunk_bytes_target = \"1MiB\"",
+    );
+    for (i, (block, maps, partitions, per_map)) in [
+        (1u64 << 10, 8u32, 32u32, 2u64 << 20),
+        (64 << 10, 12, 50, 8 << 20),
+        (1 << 20, 6, 17, 12 << 20),
+        (4 << 20, 4, 3, 20 << 20),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec = load_spec(
+            &server.grpc,
+            "roundtrip",
+            i as u32,
+            maps,
+            partitions,
+            per_map,
+            block,
+        );
+        load_and_verify(spec).await;
+    }
+    // Several shuffles spread over both disks, and segments were rolled at 16 MiB.
+    let segs: usize = server
+        .dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d.join("apps/roundtrip")).ok())
+        .flat_map(|rd| rd.flatten())
+        .map(|shuffle| {
+            std::fs::read_dir(shuffle.path())
+                .unwrap()
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().starts_with("seg-"))
+                .count()
+        })
+        .sum();
+    assert!(segs > 4, "expected rolled segments, found {segs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_map_ranges_return_exactly_the_blocks_they_name() {
+    let server = TestServer::start(1, "chunk_bytes_target = \"64KiB\"");
+    let spec = load_spec(&server.grpc, "ranges", 3, 9, 20, 1 << 20, 7_000);
+    croupier_client::loadgen::load(spec.clone())
+        .await
+        .expect("load");
+    let client = server.client().await;
+    for (parts, maps) in [
+        (0..20, 0..9),
+        (5..6, 0..9),
+        (3..11, 2..5),
+        (19..20, 8..9),
+        (0..1, 0..1),
+    ] {
+        let (blocks, summary) = client
+            .fetch(fetch_req("ranges", 3, parts.clone(), maps.clone()))
+            .await
+            .expect("fetch");
+        // Expected: partition, then map, then the partition's byte stream cut into 7000-byte blocks.
+        let mut expected: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+        for p in parts.clone() {
+            for m in maps.clone() {
+                let n = partition_bytes(spec.bytes_per_map, spec.partitions, p) as usize;
+                let mut data = vec![0u8; n];
+                ByteStream::new(spec.seed, m, p).fill(&mut data);
+                expected.push((p, m, data));
+            }
+        }
+        let mut got: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+        for b in &blocks {
+            assert!(
+                parts.contains(&b.partition_id) && maps.contains(&b.map_index),
+                "block outside the range: {} {}",
+                b.partition_id,
+                b.map_index
+            );
+            assert_eq!(b.attempt_id, spec.attempt_base + u64::from(b.map_index));
+            match got.last_mut() {
+                Some((p, m, d)) if *p == b.partition_id && *m == b.map_index => {
+                    d.extend_from_slice(&b.data)
+                }
+                _ => got.push((b.partition_id, b.map_index, b.data.to_vec())),
+            }
+        }
+        assert_eq!(got.len(), expected.len(), "ranges {parts:?} x {maps:?}");
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!((g.0, g.1), (e.0, e.1));
+            assert!(g.2 == e.2, "data of partition {} map {} differs", g.0, g.1);
+        }
+        let total: u64 = expected.iter().map(|e| e.2.len() as u64).sum();
+        assert_eq!(summary.total_bytes, total);
+        assert_eq!(summary.maps.len(), maps.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_partition_fetched_concurrently_gives_identical_results() {
+    let server = TestServer::start(1, "");
+    let spec = load_spec(&server.grpc, "concurrent", 1, 8, 4, 4 << 20, 32 << 10);
+    croupier_client::loadgen::load(spec.clone())
+        .await
+        .expect("load");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let (blocks, _) = client
+                .fetch(fetch_req("concurrent", 1, 2..3, 0..8))
+                .await
+                .expect("fetch");
+            let mut all = Vec::new();
+            for b in blocks {
+                all.extend_from_slice(&b.data);
+            }
+            all
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(results[0].len() as u64, partition_bytes(4 << 20, 4, 2) * 8);
+    assert!(results.iter().all(|r| r == &results[0]));
+    // Reads never consume: a later fetch still sees everything.
+    assert_verified(&spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_attempt_to_commit_is_served_and_a_resent_block_is_stored_once() {
+    let server = TestServer::start(1, "");
+    let client = server.client().await;
+    client.register_shuffle("attempts", 0, 2, 3).await.unwrap();
+
+    // Two attempts of map 0 push different data; attempt 8 commits first.
+    let mut first = client.pusher("attempts", 0, 0, 7);
+    let mut second = client.pusher("attempts", 0, 0, 8);
+    for p in 0..3 {
+        first.push(p, Bytes::from(vec![b'a'; 1000])).await.unwrap();
+        second.push(p, Bytes::from(vec![b'b'; 1500])).await.unwrap();
+    }
+    first.finish().await.unwrap();
+    let (won, _) = second.commit().await.unwrap();
+    assert!(won.committed);
+    let counts = first.partition_counts();
+    let lost = client.commit("attempts", 0, 0, 7, counts).await.unwrap();
+    assert!(!lost.committed);
+    assert_eq!(lost.committed_attempt_id, 8);
+    // A push of the losing attempt is told the winner and discarded.
+    let mut late = client.pusher("attempts", 0, 0, 7);
+    late.push(0, Bytes::from_static(b"late")).await.unwrap();
+    late.finish().await.unwrap();
+    assert_eq!(late.committed_by, Some(8));
+
+    // Map 1: the same batch sent twice (a client retry after a lost ack) is stored once.
+    let batch = croupier_client::proto::PushBatch {
+        app_id: "attempts".into(),
+        shuffle_id: 0,
+        map_index: 1,
+        attempt_id: 9,
+        batch_id: 0,
+        blocks: (0..3)
+            .map(|p| {
+                let data = Bytes::from(vec![b'0' + p as u8; 100 + p as usize]);
+                croupier_client::proto::Block {
+                    partition_id: p,
+                    seq: 0,
+                    crc32: crc32fast::hash(&data),
+                    data,
+                }
+            })
+            .collect(),
+    };
+    let mut resent = batch.clone();
+    resent.batch_id = 1;
+    let acks = push_raw(&client, vec![batch, resent]).await;
+    assert_eq!(acks[0].duplicate_blocks, 0);
+    assert_eq!(acks[1].duplicate_blocks, 3);
+    let counts = (0..3)
+        .map(|p| croupier_client::proto::PartitionCount {
+            partition_id: p,
+            blocks: 1,
+            bytes: 100 + u64::from(p),
+        })
+        .collect();
+    assert!(
+        client
+            .commit("attempts", 0, 1, 9, counts)
+            .await
+            .unwrap()
+            .committed
+    );
+
+    let (blocks, _) = client
+        .fetch(fetch_req("attempts", 0, 0..3, 0..2))
+        .await
+        .unwrap();
+    let mut per_map: HashMap<(u32, u32), Vec<u8>> = HashMap::new();
+    for b in &blocks {
+        per_map
+            .entry((b.partition_id, b.map_index))
+            .or_default()
+            .extend_from_slice(&b.data);
+    }
+    for p in 0..3u32 {
+        assert_eq!(
+            per_map[&(p, 0)],
+            vec![b'b'; 1500],
+            "map 0 must be served from the winning attempt"
+        );
+        assert_eq!(
+            per_map[&(p, 1)],
+            vec![b'0' + p as u8; 100 + p as usize],
+            "the resent block appears once"
+        );
+    }
+    // Asking for the losing attempt explicitly is refused.
+    let mut req = fetch_req("attempts", 0, 0..3, 0..1);
+    req.accepted_attempts = vec![croupier_client::proto::MapAttempt {
+        map_index: 0,
+        attempt_id: 7,
+    }];
+    let err = client.fetch(req).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not the committed attempt"),
+        "{err}"
+    );
+}
+
+/// Sends batches on one push stream and returns their acks.
+pub async fn push_raw(
+    client: &croupier_client::Client,
+    batches: Vec<croupier_client::proto::PushBatch>,
+) -> Vec<croupier_client::proto::PushAck> {
+    let n = batches.len();
+    let mut acks = client
+        .raw()
+        .push(tokio_stream::iter(batches))
+        .await
+        .expect("push")
+        .into_inner();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(acks.message().await.expect("ack").expect("ack present"));
+    }
+    out
+}
