@@ -66,6 +66,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Blocks are gathered into batches of at most this many bytes.
     pub batch_bytes_max: usize,
+    /// Blocks per batch, at most (the server refuses batches of more than 65,536 blocks).
+    pub batch_blocks_max: usize,
     /// Batches sent and not yet acknowledged, at most.
     pub batches_in_flight_max: usize,
     /// RETRY_LATER answers tolerated for one map attempt before giving up.
@@ -79,6 +81,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(10),
             batch_bytes_max: 4 << 20,
+            batch_blocks_max: 16_384,
             batches_in_flight_max: 4,
             retry_later_max: 3_000,
             stream_restarts_max: 5,
@@ -477,7 +480,9 @@ impl MapPusher {
         self.stats.bytes += block.data.len() as u64;
         self.batch_bytes += block.data.len();
         self.batch.push(block);
-        if self.batch_bytes >= self.client.options.batch_bytes_max {
+        if self.batch_bytes >= self.client.options.batch_bytes_max
+            || self.batch.len() >= self.client.options.batch_blocks_max
+        {
             self.send_batch().await?;
         }
         Ok(())
@@ -505,7 +510,13 @@ impl MapPusher {
             }
         }
         self.unacked.push_back(batch.clone());
-        self.send(batch).await
+        if self.stream.is_none() {
+            // A previous send failed: everything unacknowledged goes out again on a new stream, in
+            // order, so the server never sees a seq gap.
+            return self.reopen_and_resend().await;
+        }
+        self.send(batch).await;
+        Ok(())
     }
 
     async fn open_stream(&mut self) -> Result<()> {
@@ -522,24 +533,27 @@ impl MapPusher {
         Ok(())
     }
 
-    async fn send(&mut self, batch: pb::PushBatch) -> Result<()> {
-        if self.stream.is_none() {
-            self.open_stream().await?;
+    /// Sends on the current stream. A failed send drops the stream; the next ack read notices.
+    async fn send(&mut self, batch: pb::PushBatch) {
+        if let Some(stream) = self.stream.as_ref() {
+            if stream.tx.send(batch).await.is_err() {
+                self.stream = None;
+            }
         }
-        let stream = self.stream.as_ref().expect("opened above");
-        if stream.tx.send(batch).await.is_err() {
-            // The stream broke; the next ack read restarts it and resends what is unacknowledged.
-            self.stream = None;
-        }
-        Ok(())
     }
 
-    /// Reopens the stream and resends every unacknowledged batch, oldest first.
-    async fn resend_all(&mut self) -> Result<()> {
+    /// Go-back-N on the current stream: resends every unacknowledged batch, oldest first.
+    async fn resend_unacked(&mut self) {
         let pending: Vec<pb::PushBatch> = self.unacked.iter().cloned().collect();
         for b in pending {
-            self.send(b).await?;
+            self.send(b).await;
         }
+    }
+
+    /// Opens a new stream and sends every unacknowledged batch on it, oldest first.
+    async fn reopen_and_resend(&mut self) -> Result<()> {
+        self.open_stream().await?;
+        self.resend_unacked().await;
         Ok(())
     }
 
@@ -555,7 +569,7 @@ impl MapPusher {
         }
         tracing::warn!(what = %self.what(), %why, "push stream broke; resending unacknowledged batches");
         tokio::time::sleep(Duration::from_millis(100 * self.stats.stream_restarts)).await;
-        self.resend_all().await
+        self.reopen_and_resend().await
     }
 
     async fn recv_ack(&mut self) -> Result<()> {
@@ -604,7 +618,11 @@ impl MapPusher {
                 }
                 tokio::time::sleep(Duration::from_millis(u64::from(ack.retry_after_ms.max(1))))
                     .await;
-                self.resend_all().await
+                if self.stream.is_none() {
+                    return self.reopen_and_resend().await;
+                }
+                self.resend_unacked().await;
+                Ok(())
             }
             pb::PushStatus::MapCommitted => {
                 self.committed_by = Some(ack.committed_attempt_id);

@@ -57,8 +57,6 @@ pub struct Config {
     pub durability: Durability,
     /// An app that sends no request for this long is deleted with all its data.
     pub app_lease_timeout_ms: u64,
-    /// Write jobs queued per disk before pushes wait.
-    pub disk_queue_jobs_max: u32,
     /// Blocks per push batch, at most.
     pub batch_blocks_max: u32,
     /// Shuffles per server, at most.
@@ -88,7 +86,6 @@ impl Default for Config {
             fetch_streams_max: 64,
             durability: Durability::Write,
             app_lease_timeout_ms: 300_000,
-            disk_queue_jobs_max: 64,
             batch_blocks_max: 65_536,
             shuffles_max: 65_536,
             partitions_max: 1 << 20,
@@ -139,8 +136,8 @@ impl Config {
                 "fetch_chunk_bytes_max: must be within 1 ..= {FETCH_CHUNK_BYTES_MAX}"
             ));
         }
-        if self.fetch_streams_max == 0 || self.disk_queue_jobs_max == 0 {
-            return Err("fetch_streams_max and disk_queue_jobs_max must be at least 1".into());
+        if self.fetch_streams_max == 0 {
+            return Err("fetch_streams_max: must be at least 1".into());
         }
         if self.app_lease_timeout_ms < 100 {
             return Err("app_lease_timeout_ms: must be at least 100".into());

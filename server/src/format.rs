@@ -1,6 +1,6 @@
 //! The on-disk format, byte for byte (specified in `docs/FORMAT.md`; keep the two in step).
 //!
-//! Three kinds of files live in a shuffle directory:
+//! Four kinds of files live in a shuffle directory:
 //! - `seg-NNNNNN.data`: chunks. A chunk is a 32-byte [`ChunkHeader`] followed by the payload: the data of
 //!   the chunk's blocks, back to back.
 //! - `index.log`: one framed [`IndexRecord`] per chunk: where it is and the (map, attempt, seq, length,

@@ -185,7 +185,13 @@ fn serve(a: ServeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let rt = runtime();
-    let result = rt.block_on(croupier_server::server::run(config, shutdown_signal()));
+    let result = rt.block_on(async {
+        // Subscribe to SIGTERM before the server announces itself, so that a signal sent right after
+        // the "serving" line is never missed.
+        let shutdown =
+            shutdown_signal().map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+        croupier_server::server::run(config, shutdown).await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -195,16 +201,16 @@ fn serve(a: ServeArgs) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn options(batch_bytes: Option<u64>) -> ClientOptions {

@@ -76,7 +76,10 @@ impl ShuffleService for Service {
                 };
                 let ack = push_batch(&store, batch, &mut refused_from)
                     .await
-                    .map_err(Status::from);
+                    .map_err(|e| {
+                        store.note_push_refused(e.reason());
+                        Status::from(e)
+                    });
                 let failed = ack.is_err();
                 if tx.send(ack).await.is_err() || failed {
                     break;

@@ -5,6 +5,11 @@
 //! durability is `fsync`, each touched shuffle is synced once, then the commit records are appended and
 //! synced once more, and only then are the jobs answered. Concurrent commits therefore share their
 //! fsyncs (group commit), and a commit record is never on disk before the data it promises.
+//!
+//! Jobs are enqueued while the shuffle's state lock is held, so the queue order is the order in which
+//! buffers were taken: a commit job always follows every flush job holding blocks of its attempt. The
+//! queue therefore cannot make the enqueuer wait; it is bounded by the memory budget instead (every
+//! flush job holds budgeted bytes) and by the number of commit RPCs in flight.
 
 use super::files::PendingChunk;
 use super::memory::MemoryBudget;
@@ -52,7 +57,7 @@ impl WriteJob {
 pub struct Disk {
     pub id: u32,
     pub root: PathBuf,
-    tx: mpsc::Sender<WriteJob>,
+    tx: mpsc::UnboundedSender<WriteJob>,
     state: AtomicU8,
     pub write_errors: AtomicU64,
     pub bytes_written: AtomicU64,
@@ -62,11 +67,10 @@ impl Disk {
     pub fn start(
         id: u32,
         root: PathBuf,
-        queue_jobs_max: usize,
         memory: Arc<MemoryBudget>,
         durability: Durability,
     ) -> std::io::Result<Arc<Disk>> {
-        let (tx, rx) = mpsc::channel(queue_jobs_max);
+        let (tx, rx) = mpsc::unbounded_channel();
         let disk = Arc::new(Disk {
             id,
             root,
@@ -97,9 +101,10 @@ impl Disk {
         self.root.join("apps")
     }
 
-    /// Queues a job; waits while the queue is full (the queue length is bounded).
-    pub async fn submit(&self, job: WriteJob) -> Result<()> {
-        self.tx.send(job).await.map_err(|_| {
+    /// Queues a job (never waits; see the module doc for what bounds the queue). On error the job is
+    /// dropped, its reply sender with it; the caller gives its bytes back.
+    pub fn enqueue(&self, job: WriteJob) -> Result<()> {
+        self.tx.send(job).map_err(|_| {
             StoreError::Unavailable(format!(
                 "the writer of disk {} has stopped",
                 self.root.display()
@@ -127,7 +132,7 @@ pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
 }
 
 fn writer_loop(
-    mut rx: mpsc::Receiver<WriteJob>,
+    mut rx: mpsc::UnboundedReceiver<WriteJob>,
     memory: Arc<MemoryBudget>,
     durability: Durability,
     disk: std::sync::Weak<Disk>,

@@ -58,6 +58,10 @@ struct AppendFile {
     path: PathBuf,
     file: File,
     len: u64,
+    /// Set when the file's length is unknown after a failed cut-back: it takes no more appends.
+    broken: bool,
+    /// Length at the last successful sync.
+    synced_len: u64,
 }
 
 impl AppendFile {
@@ -69,10 +73,22 @@ impl AppendFile {
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
         let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
-        Ok(AppendFile { path, file, len })
+        Ok(AppendFile {
+            path,
+            file,
+            len,
+            broken: false,
+            synced_len: len,
+        })
     }
 
     fn append(&mut self, slices: &mut [IoSlice<'_>]) -> Result<()> {
+        if self.broken {
+            return Err(StoreError::Unavailable(format!(
+                "{} takes no more appends after an unrecoverable write error",
+                self.path.display()
+            )));
+        }
         let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
         let start = self.len;
         match write_all_vectored(&mut self.file, slices) {
@@ -88,19 +104,27 @@ impl AppendFile {
         }
     }
 
-    /// Cuts the file back to `len` after a failed append. If even that fails the file keeps a torn tail,
-    /// which recovery detects and cuts.
+    /// Cuts the file back to `len` after a failed append. If even that fails, the file keeps the failed
+    /// bytes; its length is then re-read so that later appends land at offsets the index can trust (the
+    /// failed bytes stay as an unindexed gap).
     fn cut_back(&mut self, len: u64) {
         if let Err(e) = self.file.set_len(len) {
             tracing::error!(path = %self.path.display(), error = %e, "could not cut back a failed append");
+            match self.file.metadata() {
+                Ok(m) => self.len = m.len(),
+                Err(_) => self.broken = true,
+            }
+            return;
         }
         self.len = len;
     }
 
-    fn sync(&self) -> Result<()> {
+    fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()
-            .map_err(|e| StoreError::io(&self.path, e))
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        self.synced_len = self.len;
+        Ok(())
     }
 }
 
@@ -140,8 +164,12 @@ impl ShuffleFiles {
     /// Opens (creating if needed) the files of a shuffle directory. `segments` are the existing segment
     /// ids, ascending; appends continue in the last one.
     pub fn open(dir: &Path, segment_bytes_max: u64, segments: &[u32]) -> Result<ShuffleFiles> {
+        let created = !dir.join(INDEX_FILE).exists() || !dir.join(COMMIT_FILE).exists();
         let index = AppendFile::open(dir.join(INDEX_FILE))?;
         let commits = AppendFile::open(dir.join(COMMIT_FILE))?;
+        if created {
+            sync_dir(dir)?;
+        }
         let segment = match segments.last() {
             Some(&id) => Some((id, AppendFile::open(dir.join(segment_file_name(id)))?)),
             None => None,
@@ -169,21 +197,20 @@ impl ShuffleFiles {
             Some((_, f)) => f.len >= self.segment_bytes_max,
         };
         if roll {
+            // The finished segment gets its final sync now: later group syncs only see the new one.
+            if let Some((_, old)) = self.segment.as_mut() {
+                old.sync()?;
+            }
             let id = self.next_segment_id;
             let path = self.dir.join(segment_file_name(id));
             let file = AppendFile::open(path.clone())?;
+            sync_dir(&self.dir)?;
             let reader = file
                 .file
                 .try_clone()
                 .map_err(|e| StoreError::io(&path, e))?;
             new_segments.push((id, Arc::new(reader)));
             self.next_segment_id = id + 1;
-            if let Some((_, old)) = self.segment.take() {
-                // The finished segment gets its final sync now when durability asks for syncs.
-                if self.unsynced {
-                    old.sync()?;
-                }
-            }
             self.segment = Some((id, file));
         }
         Ok(self.segment.as_mut().expect("segment opened above"))
@@ -258,7 +285,7 @@ impl ShuffleFiles {
     }
 
     pub fn append_commit(&mut self, record: &CommitRecord) -> Result<()> {
-        let mut body = Vec::with_capacity(28 + record.partitions.len() * 16);
+        let mut body = Vec::with_capacity(24 + record.partitions.len() * 16);
         record.encode_body(&mut body);
         let mut bytes = Vec::with_capacity(body.len() + 16);
         frame_record(MAGIC_COMMIT, &body, &mut bytes);
@@ -271,7 +298,7 @@ impl ShuffleFiles {
         if !self.unsynced {
             return Ok(());
         }
-        if let Some((_, seg)) = &self.segment {
+        if let Some((_, seg)) = self.segment.as_mut() {
             seg.sync()?;
         }
         self.index.sync()?;
@@ -279,12 +306,19 @@ impl ShuffleFiles {
         Ok(())
     }
 
+    /// fsyncs the commit log. If that fails, the records appended since the last good sync are cut
+    /// off again (their commits are answered with the error), so a restart cannot replay a commit that
+    /// was refused.
     pub fn sync_commits(&mut self) -> Result<()> {
         if !self.commits_unsynced {
             return Ok(());
         }
-        self.commits.sync()?;
         self.commits_unsynced = false;
+        if let Err(e) = self.commits.sync() {
+            let synced = self.commits.synced_len;
+            self.commits.cut_back(synced);
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use crate::error::{Result, StoreError};
 use crate::format::{PartitionCount, ShuffleMeta, FORMAT_VERSION};
 use crate::ids::{AppId, ShuffleKey};
 use bytes::Bytes;
-use disk::{Disk, DiskState, WriteJob};
+use disk::{Disk, DiskState};
 use memory::{Acquire, MemoryBudget};
 use parking_lot::{Mutex, RwLock};
 use shuffle::{BlockLoc, CommitStart, MapSummary, PushBlock, PushOutcome, Shuffle};
@@ -28,7 +28,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Upper bound of the protobuf bytes a FetchedBlock adds to its data (tags, lengths, ids, crc).
+const FETCHED_BLOCK_OVERHEAD_BYTES: u64 = 48;
 
 /// How long a commit waits for a concurrent commit of another attempt of the same map.
 const COMMIT_WAIT_MAX: Duration = Duration::from_secs(120);
@@ -144,14 +147,8 @@ impl Store {
             let root = dir
                 .canonicalize()
                 .map_err(|e| format!("data dir {}: {e}", dir.display()))?;
-            let disk = Disk::start(
-                i as u32,
-                root,
-                config.disk_queue_jobs_max as usize,
-                memory.clone(),
-                config.durability,
-            )
-            .map_err(|e| format!("starting the writer of {}: {e}", dir.display()))?;
+            let disk = Disk::start(i as u32, root, memory.clone(), config.durability)
+                .map_err(|e| format!("starting the writer of {}: {e}", dir.display()))?;
             disks.push(disk);
         }
         let store = Arc::new(Store {
@@ -169,7 +166,7 @@ impl Store {
             register_lock: tokio::sync::Mutex::new(()),
         });
         for disk in &store.disks {
-            for shuffle in recovery::recover_disk(disk, &store.config) {
+            for shuffle in recovery::recover_disk(disk, &store.memory, &store.config) {
                 store.adopt(Arc::new(shuffle));
             }
         }
@@ -292,20 +289,49 @@ impl Store {
         };
         let segment_bytes_max = self.config.segment_bytes_max;
         let dir2 = dir.clone();
+        // Directories of this (app, shuffle) left on any disk (a delete that failed, or a shuffle that
+        // could not be recovered) hold nothing live: remove them so their old logs are never replayed.
+        let leftovers: Vec<std::path::PathBuf> = self
+            .disks
+            .iter()
+            .map(|d| {
+                d.apps_dir()
+                    .join(key.app.as_str())
+                    .join(key.shuffle_id.to_string())
+            })
+            .filter(|p| p.exists())
+            .collect();
         let files = tokio::task::spawn_blocking(move || -> Result<files::ShuffleFiles> {
+            for old in leftovers {
+                tracing::warn!(dir = %old.display(), "removing a leftover directory of a re-registered shuffle");
+                std::fs::remove_dir_all(&old).map_err(|e| StoreError::io(&old, e))?;
+            }
             std::fs::create_dir_all(&dir2).map_err(|e| StoreError::io(&dir2, e))?;
             let mut body = Vec::new();
             meta.encode_body(&mut body);
             files::write_meta(&dir2, &body)?;
-            if let Some(parent) = dir2.parent() {
-                files::sync_dir(parent)?;
+            // Make the new directory entries durable: <app>/<shuffle> in <app>, <app> in apps/.
+            if let Some(app_dir) = dir2.parent() {
+                files::sync_dir(app_dir)?;
+                if let Some(apps_dir) = app_dir.parent() {
+                    files::sync_dir(apps_dir)?;
+                }
             }
             files::ShuffleFiles::open(&dir2, segment_bytes_max, &[])
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("registration task failed: {e}")))??;
-        let shuffle = Shuffle::new(key.clone(), num_maps, num_partitions, disk, dir, files);
+        let shuffle = Shuffle::new(
+            key.clone(),
+            num_maps,
+            num_partitions,
+            disk,
+            self.memory.clone(),
+            dir,
+            files,
+        );
         self.adopt(Arc::new(shuffle));
+        self.touch(&key.app);
         metrics::counter!("croupier_shuffles_registered_total").increment(1);
         Ok(true)
     }
@@ -353,8 +379,6 @@ impl Store {
             Ok(o) => o,
             Err(e) => {
                 self.memory.release(bytes);
-                metrics::counter!("croupier_push_rejected_total", "reason" => e.reason())
-                    .increment(1);
                 return Err(e);
             }
         };
@@ -366,7 +390,6 @@ impl Store {
             PushOutcome::Accepted {
                 duplicate_blocks,
                 duplicate_bytes,
-                flush,
             } => {
                 self.memory.release(duplicate_bytes);
                 self.push_bytes_total
@@ -380,32 +403,9 @@ impl Store {
                     metrics::counter!("croupier_push_duplicate_blocks_total")
                         .increment(u64::from(duplicate_blocks));
                 }
-                if !flush.is_empty() {
-                    self.submit_flush(&shuffle, flush).await?;
-                }
                 Ok(PushResult::Accepted { duplicate_blocks })
             }
         }
-    }
-
-    async fn submit_flush(
-        &self,
-        shuffle: &Arc<Shuffle>,
-        chunks: Vec<files::PendingChunk>,
-    ) -> Result<()> {
-        let job = WriteJob {
-            shuffle: shuffle.clone(),
-            chunks,
-            commit: None,
-            reply: None,
-        };
-        self.memory.queue(job.payload_bytes());
-        let bytes = job.payload_bytes();
-        if let Err(e) = shuffle.disk.submit(job).await {
-            self.memory.written(bytes);
-            return Err(e);
-        }
-        Ok(())
     }
 
     pub async fn commit(
@@ -437,27 +437,12 @@ impl Store {
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
                 }
-                CommitStart::Begin { chunks, record } => {
-                    let (tx, rx) = oneshot::channel();
-                    let job = WriteJob {
-                        shuffle: shuffle.clone(),
-                        chunks,
-                        commit: Some(record.clone()),
-                        reply: Some(tx),
-                    };
-                    let bytes = job.payload_bytes();
-                    self.memory.queue(bytes);
-                    let result = match shuffle.disk.submit(job).await {
-                        Ok(()) => rx.await.unwrap_or_else(|_| {
-                            Err(StoreError::Unavailable(
-                                "the disk writer dropped the commit".into(),
-                            ))
-                        }),
-                        Err(e) => {
-                            self.memory.written(bytes);
-                            Err(e)
-                        }
-                    };
+                CommitStart::Queued { written, record } => {
+                    let result = written.await.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(
+                            "the disk writer dropped the commit".into(),
+                        ))
+                    });
                     let ok = result.is_ok();
                     shuffle.finish_commit(record, ok);
                     metrics::histogram!("croupier_commit_latency_seconds")
@@ -521,6 +506,12 @@ impl Store {
                 .record(started.elapsed().as_secs_f64());
         });
         Ok(rx)
+    }
+
+    /// Counts a push refused with an error (bad input, unknown shuffle, draining, ...).
+    pub fn note_push_refused(&self, reason: &'static str) {
+        self.push_rejected_total.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("croupier_push_rejected_total", "reason" => reason).increment(1);
     }
 
     pub fn note_fetched(&self, bytes: u64) {
@@ -625,12 +616,10 @@ impl Store {
             if wanted == 0 {
                 break;
             }
-            let chunks = s.take_largest_buffers(wanted);
-            let bytes: u64 = chunks.iter().map(|c| c.payload_bytes).sum();
+            let bytes = s.flush_largest_buffers(wanted);
             wanted = wanted.saturating_sub(bytes);
-            if !chunks.is_empty() {
+            if bytes > 0 {
                 metrics::counter!("croupier_memory_flushes_total").increment(1);
-                let _ = self.submit_flush(&s, chunks).await;
             }
         }
     }
@@ -716,11 +705,16 @@ async fn stream_plan(
     let blocks = plan.blocks;
     let mut i = 0;
     while i < blocks.len() {
-        // One message: blocks [i, j) totalling at most chunk_bytes_max (at least one block).
+        // One message: blocks [i, j) whose encoded size (data plus per-block fields) stays within
+        // chunk_bytes_max (at least one block).
         let mut j = i;
         let mut bytes = 0u64;
-        while j < blocks.len() && (j == i || bytes + u64::from(blocks[j].len) <= chunk_bytes_max) {
-            bytes += u64::from(blocks[j].len);
+        while j < blocks.len() {
+            let encoded = u64::from(blocks[j].len) + FETCHED_BLOCK_OVERHEAD_BYTES;
+            if j > i && bytes + encoded > chunk_bytes_max {
+                break;
+            }
+            bytes += encoded;
             j += 1;
         }
         let group: Vec<BlockLoc> = blocks[i..j].to_vec();

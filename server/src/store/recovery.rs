@@ -9,6 +9,7 @@
 
 use super::disk::Disk;
 use super::files::{self, ShuffleFiles, WrittenChunk, COMMIT_FILE, INDEX_FILE, META_FILE};
+use super::memory::MemoryBudget;
 use super::shuffle::Shuffle;
 use crate::config::Config;
 use crate::format::{
@@ -21,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Recovers every shuffle of one disk. Directories that cannot be recovered are logged and left alone.
-pub fn recover_disk(disk: &Arc<Disk>, config: &Config) -> Vec<Shuffle> {
+pub fn recover_disk(disk: &Arc<Disk>, memory: &Arc<MemoryBudget>, config: &Config) -> Vec<Shuffle> {
     let mut out = Vec::new();
     let apps_dir = disk.apps_dir();
     let Ok(apps) = std::fs::read_dir(&apps_dir) else {
@@ -45,7 +46,7 @@ pub fn recover_disk(disk: &Arc<Disk>, config: &Config) -> Vec<Shuffle> {
                 app: app.clone(),
                 shuffle_id,
             };
-            match recover_shuffle(disk, &sh.path(), key.clone(), config) {
+            match recover_shuffle(disk, memory, &sh.path(), key.clone(), config) {
                 Ok(s) => {
                     tracing::info!(shuffle = %key, committed_maps = s.committed_maps(), "recovered");
                     out.push(s);
@@ -90,6 +91,7 @@ pub fn segment_ids(dir: &Path) -> Vec<u32> {
 
 fn recover_shuffle(
     disk: &Arc<Disk>,
+    memory: &Arc<MemoryBudget>,
     dir: &Path,
     key: ShuffleKey,
     config: &Config,
@@ -163,6 +165,7 @@ fn recover_shuffle(
         meta.num_maps,
         meta.num_partitions,
         disk.clone(),
+        memory.clone(),
         dir.to_path_buf(),
         files,
     );

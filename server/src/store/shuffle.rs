@@ -12,19 +12,24 @@
 //! - Only blocks of committed attempts are ever planned for a fetch, and a fetch plan is checked against
 //!   the commit's per-partition counts before any byte is sent.
 
-use super::disk::Disk;
+use super::disk::{Disk, WriteJob};
 use super::files::{BufferedBlock, PendingChunk, ShuffleFiles, WrittenChunk};
+use super::memory::MemoryBudget;
 use crate::error::{Result, StoreError};
 use crate::format::{CommitRecord, PartitionCount, CHUNK_HEADER_BYTES};
 use crate::ids::ShuffleKey;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
+
+/// A partition buffer is written as a chunk at this many blocks even if it is small, which bounds the
+/// size of an index record (24 bytes per block).
+pub const CHUNK_BLOCKS_MAX: usize = 65_536;
 
 /// A pushed block, validated (partition in range, CRC matches) but not yet stored.
 pub struct PushBlock {
@@ -76,6 +81,9 @@ pub struct ShuffleState {
     index: Vec<Vec<BlockLoc>>,
     /// Why the shuffle is read-only (damage found at recovery), if it is.
     damaged: Option<String>,
+    /// Attempts that had uncommitted data when the server restarted. Their blocks before the restart are
+    /// gone, so they may never push again (their seq numbers would restart inside old index records).
+    dead_attempts: HashSet<(u32, u64)>,
 }
 
 pub struct Shuffle {
@@ -83,6 +91,7 @@ pub struct Shuffle {
     pub num_maps: u32,
     pub num_partitions: u32,
     pub disk: Arc<Disk>,
+    memory: Arc<MemoryBudget>,
     pub dir: PathBuf,
     pub files: Mutex<ShuffleFiles>,
     state: Mutex<ShuffleState>,
@@ -97,7 +106,6 @@ pub enum PushOutcome {
     Accepted {
         duplicate_blocks: u32,
         duplicate_bytes: u64,
-        flush: Vec<PendingChunk>,
     },
     MapCommitted(u64),
 }
@@ -107,9 +115,10 @@ pub enum CommitStart {
     Done(u64),
     /// Another attempt is committing: wait for `commit_changed`, then ask again.
     Wait,
-    /// Write these chunks, then the record.
-    Begin {
-        chunks: Vec<PendingChunk>,
+    /// The commit job is queued behind every write holding the attempt's blocks; await its answer, then
+    /// call [`Shuffle::finish_commit`].
+    Queued {
+        written: oneshot::Receiver<Result<()>>,
         record: CommitRecord,
     },
 }
@@ -132,6 +141,7 @@ impl Shuffle {
         num_maps: u32,
         num_partitions: u32,
         disk: Arc<Disk>,
+        memory: Arc<MemoryBudget>,
         dir: PathBuf,
         files: ShuffleFiles,
     ) -> Shuffle {
@@ -144,6 +154,7 @@ impl Shuffle {
             num_maps,
             num_partitions,
             disk,
+            memory,
             dir,
             files: Mutex::new(files),
             state: Mutex::new(ShuffleState {
@@ -152,6 +163,7 @@ impl Shuffle {
                 maps: vec![MapCommit::Open; num_maps as usize],
                 index,
                 damaged: None,
+                dead_attempts: HashSet::new(),
             }),
             segments: RwLock::new(HashMap::new()),
             commit_changed: Notify::new(),
@@ -230,6 +242,15 @@ impl Shuffle {
                     ),
                 ));
             }
+            if b.data.is_empty() {
+                return Err(StoreError::invalid(
+                    "blocks.data",
+                    format!(
+                        "block {i} (partition {}, seq {}) is empty; empty blocks are not pushed",
+                        b.partition_id, b.seq
+                    ),
+                ));
+            }
             let actual = crc32fast::hash(&b.data);
             if actual != b.crc32 {
                 return Err(StoreError::invalid(
@@ -244,17 +265,39 @@ impl Shuffle {
         Ok(())
     }
 
-    /// Stores a validated batch. Partition buffers that reach `chunk_bytes_target` are returned for
-    /// writing.
+    /// Queues chunks for writing. Called with the state lock held, so queue order = take order.
+    fn enqueue_locked(
+        self: &Arc<Self>,
+        chunks: Vec<PendingChunk>,
+        commit: Option<CommitRecord>,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    ) -> Result<()> {
+        let job = WriteJob {
+            shuffle: self.clone(),
+            chunks,
+            commit,
+            reply,
+        };
+        let bytes = job.payload_bytes();
+        self.memory.queue(bytes);
+        if let Err(e) = self.disk.enqueue(job) {
+            self.memory.written(bytes);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stores a validated batch: all of it, or (on error) none of it. Partition buffers that reach
+    /// `chunk_bytes_target` bytes or [`CHUNK_BLOCKS_MAX`] blocks are queued for writing.
     pub fn push(
-        &self,
+        self: &Arc<Self>,
         map_index: u32,
         attempt_id: u64,
         blocks: Vec<PushBlock>,
         chunk_bytes_target: u64,
     ) -> Result<PushOutcome> {
-        let mut st = self.state.lock();
-        let st = &mut *st;
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         if self.is_deleted() {
             return Err(StoreError::NotFound(format!(
                 "{} was unregistered",
@@ -267,17 +310,28 @@ impl Shuffle {
                 self.key
             )));
         }
-        let winner = match &st.maps[map_index as usize] {
-            MapCommit::Open => None,
-            MapCommit::Committing(a) => Some(*a),
-            MapCommit::Committed(r) => Some(r.attempt_id),
-        };
-        if let Some(winner) = winner {
-            if winner != attempt_id {
-                return Ok(PushOutcome::MapCommitted(winner));
+        match &st.maps[map_index as usize] {
+            MapCommit::Committed(r) if r.attempt_id != attempt_id => {
+                return Ok(PushOutcome::MapCommitted(r.attempt_id));
             }
+            MapCommit::Committed(_) => {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "map {map_index} attempt {attempt_id} of {} is committed: no more pushes",
+                    self.key
+                )));
+            }
+            MapCommit::Committing(a) if *a == attempt_id => {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "map {map_index} attempt {attempt_id} of {} is committing: no more pushes",
+                    self.key
+                )));
+            }
+            // Another attempt committing may still fail: keep accepting this one.
+            MapCommit::Committing(_) | MapCommit::Open => {}
+        }
+        if st.dead_attempts.contains(&(map_index, attempt_id)) {
             return Err(StoreError::FailedPrecondition(format!(
-                "map {map_index} attempt {attempt_id} of {} is committing or committed: no more pushes",
+                "map {map_index} attempt {attempt_id} of {} lost its uncommitted blocks in a server restart; push the map again with a new attempt id",
                 self.key
             )));
         }
@@ -288,29 +342,42 @@ impl Shuffle {
                 self.key
             )));
         }
+        // Pass 1: classify every block (stored / duplicate) without changing anything.
+        let mut next: HashMap<u32, u32> = HashMap::new();
+        let mut keep = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            let expected = next
+                .entry(b.partition_id)
+                .or_insert_with(|| attempt.partitions.get(&b.partition_id).map_or(0, |e| e.0));
+            if b.seq < *expected {
+                keep.push(false);
+                continue;
+            }
+            if b.seq > *expected {
+                return Err(StoreError::invalid(
+                    "blocks.seq",
+                    format!(
+                        "map {map_index} attempt {attempt_id} partition {} of {}: expected seq {}, got {} (blocks of a partition must be pushed in order); batch refused",
+                        b.partition_id, self.key, expected, b.seq
+                    ),
+                ));
+            }
+            *expected += 1;
+            keep.push(true);
+        }
+        // Pass 2: store.
         let mut duplicate_blocks = 0;
         let mut duplicate_bytes = 0;
         let mut accepted_bytes = 0;
         let mut flush = Vec::new();
-        for b in blocks {
-            let entry = attempt.partitions.entry(b.partition_id).or_insert((0, 0));
-            if b.seq < entry.0 {
+        for (b, keep) in blocks.into_iter().zip(keep) {
+            let len = b.data.len() as u64;
+            if !keep {
                 duplicate_blocks += 1;
-                duplicate_bytes += b.data.len() as u64;
+                duplicate_bytes += len;
                 continue;
             }
-            if b.seq > entry.0 {
-                self.buffered_bytes
-                    .fetch_add(accepted_bytes, Ordering::AcqRel);
-                return Err(StoreError::invalid(
-                    "blocks.seq",
-                    format!(
-                        "map {map_index} attempt {attempt_id} partition {} of {}: expected seq {}, got {} (blocks of a partition must be pushed in order)",
-                        b.partition_id, self.key, entry.0, b.seq
-                    ),
-                ));
-            }
-            let len = b.data.len() as u64;
+            let entry = attempt.partitions.entry(b.partition_id).or_insert((0, 0));
             entry.0 += 1;
             entry.1 += len;
             accepted_bytes += len;
@@ -323,7 +390,7 @@ impl Shuffle {
                 data: b.data,
             });
             buf.bytes += len;
-            if buf.bytes >= chunk_bytes_target {
+            if buf.bytes >= chunk_bytes_target || buf.blocks.len() >= CHUNK_BLOCKS_MAX {
                 flush.push(take_buffer(buf, b.partition_id));
             }
         }
@@ -331,15 +398,23 @@ impl Shuffle {
         self.buffered_bytes
             .fetch_add(accepted_bytes, Ordering::AcqRel);
         self.buffered_bytes.fetch_sub(flushed, Ordering::AcqRel);
+        if !flush.is_empty() {
+            if let Err(e) = self.enqueue_locked(flush, None, None) {
+                // The writer is gone; the attempt cannot commit what it pushed.
+                let lost = st.attempts.entry((map_index, attempt_id)).or_default();
+                lost.lost.get_or_insert_with(|| e.to_string());
+                return Err(e);
+            }
+        }
         Ok(PushOutcome::Accepted {
             duplicate_blocks,
             duplicate_bytes,
-            flush,
         })
     }
 
-    /// Takes the largest partition buffers until at least `bytes_wanted` are taken.
-    pub fn take_largest_buffers(&self, bytes_wanted: u64) -> Vec<PendingChunk> {
+    /// Queues the largest partition buffers for writing until at least `bytes_wanted` are taken.
+    /// Returns the bytes taken.
+    pub fn flush_largest_buffers(self: &Arc<Self>, bytes_wanted: u64) -> u64 {
         let mut st = self.state.lock();
         let mut sizes: Vec<(u64, u32)> = st
             .buffers
@@ -359,12 +434,18 @@ impl Shuffle {
             taken += bytes;
         }
         self.buffered_bytes.fetch_sub(taken, Ordering::AcqRel);
-        chunks
+        if !chunks.is_empty() {
+            if let Err(e) = self.enqueue_locked(chunks, None, None) {
+                tracing::error!(shuffle = %self.key, error = %e, "could not queue a flush");
+            }
+        }
+        taken
     }
 
-    /// First step of a commit: checks the promised counts and claims the map for this attempt.
+    /// First step of a commit: checks the promised counts, claims the map for this attempt, and queues
+    /// the attempt's buffered blocks and the commit record for writing.
     pub fn begin_commit(
-        &self,
+        self: &Arc<Self>,
         map_index: u32,
         attempt_id: u64,
         mut promised: Vec<PartitionCount>,
@@ -401,8 +482,8 @@ impl Shuffle {
                 ),
             ));
         }
-        let mut st = self.state.lock();
-        let st = &mut *st;
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         if self.is_deleted() {
             return Err(StoreError::NotFound(format!(
                 "{} was unregistered",
@@ -420,6 +501,12 @@ impl Shuffle {
                 self.key
             )));
         }
+        if st.dead_attempts.contains(&(map_index, attempt_id)) {
+            return Err(StoreError::FailedPrecondition(format!(
+                "map {map_index} attempt {attempt_id} of {} lost its uncommitted blocks in a server restart; push the map again with a new attempt id",
+                self.key
+            )));
+        }
         let empty = AttemptState::default();
         let attempt = st.attempts.get(&(map_index, attempt_id)).unwrap_or(&empty);
         if let Some(why) = &attempt.lost {
@@ -429,7 +516,6 @@ impl Shuffle {
             )));
         }
         check_counts(&self.key, map_index, attempt_id, attempt, &promised)?;
-        st.maps[map_index as usize] = MapCommit::Committing(attempt_id);
         let mut chunks = Vec::new();
         let mut taken = 0;
         for p in &promised {
@@ -440,14 +526,18 @@ impl Shuffle {
             }
         }
         self.buffered_bytes.fetch_sub(taken, Ordering::AcqRel);
-        Ok(CommitStart::Begin {
-            chunks,
-            record: CommitRecord {
-                map_index,
-                attempt_id,
-                committed_at_ms: now_ms,
-                partitions: promised,
-            },
+        let record = CommitRecord {
+            map_index,
+            attempt_id,
+            committed_at_ms: now_ms,
+            partitions: promised,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.enqueue_locked(chunks, Some(record.clone()), Some(tx))?;
+        st.maps[map_index as usize] = MapCommit::Committing(attempt_id);
+        Ok(CommitStart::Queued {
+            written: rx,
+            record,
         })
     }
 
@@ -514,13 +604,21 @@ impl Shuffle {
         }
     }
 
-    /// Recovery: keep only index entries of committed attempts (uncommitted data is dropped).
+    /// Recovery: keep only index entries of committed attempts (uncommitted data is dropped, and its
+    /// attempts may not push again).
     pub fn drop_uncommitted_index(&self) {
         let mut st = self.state.lock();
         let st = &mut *st;
         let maps = &st.maps;
+        let dead = &mut st.dead_attempts;
         for list in &mut st.index {
-            list.retain(|b| matches!(&maps[b.map_index as usize], MapCommit::Committed(r) if r.attempt_id == b.attempt_id));
+            list.retain(|b| {
+                let keep = matches!(&maps[b.map_index as usize], MapCommit::Committed(r) if r.attempt_id == b.attempt_id);
+                if !keep {
+                    dead.insert((b.map_index, b.attempt_id));
+                }
+                keep
+            });
             list.shrink_to_fit();
         }
     }

@@ -171,6 +171,62 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_touches_no_other_app
         "{status:?}"
     );
 
+    // Regression: a batch refused for a seq gap used to keep the blocks before the gap while releasing
+    // their memory, which later underflowed the memory counter and killed the disk writer. A refused
+    // batch must store nothing: the same blocks are then accepted as new, not as duplicates.
+    let mut acks = raw
+        .push(tokio_stream::iter(vec![batch(
+            1,
+            vec![block(2, 0), block(2, 1), block(5, 3)],
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    expect_status(
+        acks.message().await,
+        Code::InvalidArgument,
+        "expected seq 0, got 3",
+    );
+    let acks = push_raw(&client, vec![batch(1, vec![block(2, 0), block(2, 1)])]).await;
+    assert_eq!(acks[0].status, pb::PushStatus::Accepted as i32);
+    assert_eq!(
+        acks[0].duplicate_blocks, 0,
+        "blocks of the refused batch were kept"
+    );
+    let pc1 = vec![pb::PartitionCount {
+        partition_id: 2,
+        blocks: 2,
+        bytes: 20,
+    }];
+    let c = pb::CommitMapAttemptRequest {
+        app_id: "victim".into(),
+        shuffle_id: 1,
+        map_index: 1,
+        attempt_id: 1,
+        partitions: pc1,
+    };
+    assert!(
+        raw.commit_map_attempt(c)
+            .await
+            .unwrap()
+            .into_inner()
+            .committed
+    );
+
+    // Empty blocks are refused.
+    let empty = pb::Block {
+        partition_id: 0,
+        seq: 0,
+        crc32: 0,
+        data: Bytes::new(),
+    };
+    let mut acks = raw
+        .push(tokio_stream::iter(vec![batch(2, vec![empty])]))
+        .await
+        .unwrap()
+        .into_inner();
+    expect_status(acks.message().await, Code::InvalidArgument, "blocks.data");
+
     // Commit with wrong block counts.
     let acks = push_raw(
         &client,
@@ -217,6 +273,10 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_touches_no_other_app
 
     // Unregistering an app that does not exist does not touch others.
     assert!(!client.unregister_app("stranger").await.unwrap());
+
+    // Every accepted byte was written or released: nothing is left accounted in memory.
+    let status = server.status_json();
+    assert_eq!(status["memory_used_bytes"].as_u64(), Some(0), "{status}");
 
     // The server keeps serving and the other app's data is intact.
     let (code, _) = server.admin_get("/healthz");

@@ -17,11 +17,14 @@ async fn kill_9_right_after_commits_keeps_every_committed_attempt_and_no_uncommi
     let client = server.client().await;
     for map in 6..8u32 {
         let mut pusher = client.pusher("crash", 1, map, 77);
+        // 150 KB per partition: more than a chunk, so some of it reaches the segment files.
         for p in 0..16 {
-            pusher
-                .push(p, Bytes::from(vec![map as u8; 50_000]))
-                .await
-                .unwrap();
+            for _ in 0..3 {
+                pusher
+                    .push(p, Bytes::from(vec![map as u8; 50_000]))
+                    .await
+                    .unwrap();
+            }
         }
         pusher.finish().await.unwrap();
     }
@@ -44,7 +47,13 @@ async fn kill_9_right_after_commits_keeps_every_committed_attempt_and_no_uncommi
         "{err}"
     );
 
-    // The uncommitted maps can be pushed again by new attempts after the restart.
+    // An interrupted attempt may not continue after the restart (its earlier blocks are gone) ...
+    let mut again = client.pusher("crash", 1, 6, 77);
+    again.push(0, Bytes::from_static(b"x")).await.unwrap();
+    let err = again.finish().await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert!(err.to_string().contains("new attempt id"), "{err}");
+    // ... but the uncommitted maps can be pushed again by new attempts.
     let mut rest = spec.clone();
     rest.server = server.grpc.clone();
     rest.map_start = 6;
@@ -94,7 +103,10 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
             let _ = t.await;
         }
         let acked: Vec<u32> = committed.lock().unwrap().clone();
-        eprintln!("round {round}: {} of 24 commits acknowledged before the kill", acked.len());
+        eprintln!(
+            "round {round}: {} of 24 commits acknowledged before the kill",
+            acked.len()
+        );
         interrupted += u32::from(!acked.is_empty() && acked.len() < 24);
         // Offline check: no damage (torn tails are allowed: restart cuts them).
         let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
@@ -125,7 +137,10 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
             }
         }
     }
-    assert!(interrupted > 0, "no round was killed between the first and the last commit");
+    assert!(
+        interrupted > 0,
+        "no round was killed between the first and the last commit"
+    );
 }
 
 /// Compares one map's fetched blocks (all partitions) with the data `load` generates for it.

@@ -46,6 +46,19 @@ async fn every_partition_reads_back_byte_for_byte_at_block_sizes_from_1kib_to_4m
     assert!(segs > 4, "expected rolled segments, found {segs}");
 }
 
+/// Regression: one-byte blocks made chunk index records exceed their size limit (writer panic) and
+/// fetch messages exceed the encoding limit (per-block overhead was not counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byte_blocks_round_trip_across_chunk_and_message_limits() {
+    let server = TestServer::start(
+        1,
+        "fetch_chunk_bytes_max = \"64KiB\"\nchunk_bytes_target = \"64MiB\"",
+    );
+    let mut spec = load_spec(&server.grpc, "tiny", 1, 2, 1, 150_000, 1);
+    spec.options.batch_bytes_max = 256 << 10;
+    load_and_verify(spec).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_and_map_ranges_return_exactly_the_blocks_they_name() {
     let server = TestServer::start(1, "chunk_bytes_target = \"64KiB\"");
