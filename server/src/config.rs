@@ -67,6 +67,14 @@ pub struct Config {
     pub maps_max: u32,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace_ms: u64,
+    /// Free space kept on every disk: writes that would go below it are refused with "no space", and a
+    /// disk below it takes no new shuffles.
+    #[serde(deserialize_with = "de_size")]
+    pub disk_reserve_bytes: u64,
+    /// Each disk is probed (write, fsync, read back a small file) this often.
+    pub disk_probe_interval_ms: u64,
+    /// A probe that takes longer fails the disk.
+    pub disk_probe_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -91,6 +99,9 @@ impl Default for Config {
             partitions_max: 1 << 20,
             maps_max: 1 << 22,
             shutdown_grace_ms: 30_000,
+            disk_reserve_bytes: 256 << 20,
+            disk_probe_interval_ms: 5_000,
+            disk_probe_timeout_ms: 10_000,
         }
     }
 }
@@ -138,6 +149,11 @@ impl Config {
         }
         if self.fetch_streams_max == 0 {
             return Err("fetch_streams_max: must be at least 1".into());
+        }
+        if self.disk_probe_interval_ms < 10 || self.disk_probe_timeout_ms < 10 {
+            return Err(
+                "disk_probe_interval_ms and disk_probe_timeout_ms: must be at least 10".into(),
+            );
         }
         if self.app_lease_timeout_ms < 100 {
             return Err("app_lease_timeout_ms: must be at least 100".into());

@@ -99,6 +99,14 @@ fn spawn_background(store: Arc<Store>) {
             s.flush_for_memory().await;
         }
     });
+    let s = store.clone();
+    let probe_every = Duration::from_millis(s.config.disk_probe_interval_ms);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(probe_every).await;
+            s.probe_disks().await;
+        }
+    });
     let s = store;
     let period = Duration::from_millis((s.config.app_lease_timeout_ms / 4).clamp(50, 10_000));
     tokio::spawn(async move {

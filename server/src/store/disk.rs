@@ -25,17 +25,27 @@ use tokio::sync::{mpsc, oneshot};
 /// Jobs handled as one group, at most.
 const GROUP_JOBS_MAX: usize = 256;
 
+/// Health of a data dir.
+///
+/// - `Healthy`: takes new shuffles and writes.
+/// - `Full`: free space is below the reserve: no new shuffles, and writes that would cross the reserve
+///   are refused with "no space". Returns to `Healthy` by itself when space is freed.
+/// - `Failed`: an I/O error or a failed probe. Every shuffle on the disk at that moment is lost (its
+///   requests are answered UNAVAILABLE "DATA_LOST ..."); a later successful probe returns the disk to
+///   service for new shuffles only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum DiskState {
     Healthy = 0,
-    Failed = 1,
+    Full = 1,
+    Failed = 2,
 }
 
 impl DiskState {
     pub fn as_str(self) -> &'static str {
         match self {
             DiskState::Healthy => "healthy",
+            DiskState::Full => "full",
             DiskState::Failed => "failed",
         }
     }
@@ -59,6 +69,13 @@ pub struct Disk {
     pub root: PathBuf,
     tx: mpsc::UnboundedSender<WriteJob>,
     state: AtomicU8,
+    /// Incremented every time the disk fails; a shuffle created in an earlier epoch is lost.
+    epoch: AtomicU64,
+    failure: parking_lot::Mutex<Option<String>>,
+    /// Writes never take free space below this.
+    pub reserve_bytes: u64,
+    free_bytes: AtomicU64,
+    total_bytes: AtomicU64,
     pub write_errors: AtomicU64,
     pub bytes_written: AtomicU64,
 }
@@ -67,6 +84,7 @@ impl Disk {
     pub fn start(
         id: u32,
         root: PathBuf,
+        reserve_bytes: u64,
         memory: Arc<MemoryBudget>,
         durability: Durability,
     ) -> std::io::Result<Arc<Disk>> {
@@ -76,9 +94,15 @@ impl Disk {
             root,
             tx,
             state: AtomicU8::new(DiskState::Healthy as u8),
+            epoch: AtomicU64::new(0),
+            failure: parking_lot::Mutex::new(None),
+            reserve_bytes,
+            free_bytes: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
         });
+        disk.refresh_space();
         let weak = Arc::downgrade(&disk);
         std::thread::Builder::new()
             .name(format!("croupier-disk-{id}"))
@@ -89,12 +113,65 @@ impl Disk {
     pub fn state(&self) -> DiskState {
         match self.state.load(Ordering::Acquire) {
             0 => DiskState::Healthy,
+            1 => DiskState::Full,
             _ => DiskState::Failed,
         }
     }
 
-    pub fn set_state(&self, s: DiskState) {
-        self.state.store(s as u8, Ordering::Release);
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    /// Takes the disk out of service; every shuffle on it is lost.
+    pub fn fail(&self, why: &str) {
+        let mut failure = self.failure.lock();
+        if self.state() != DiskState::Failed {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.state.store(DiskState::Failed as u8, Ordering::Release);
+            *failure = Some(why.to_string());
+            tracing::error!(disk = %self.root.display(), reason = why, "disk failed: taken out of service, its shuffles are lost");
+            metrics::counter!("croupier_disk_failures_total", "disk" => self.root.display().to_string()).increment(1);
+        }
+    }
+
+    /// A probe succeeded: a failed disk returns to service (for new shuffles).
+    pub fn probe_succeeded(&self) {
+        let mut failure = self.failure.lock();
+        if self.state() == DiskState::Failed {
+            tracing::warn!(disk = %self.root.display(), "disk passed its probe: back in service for new shuffles");
+            *failure = None;
+            self.state
+                .store(DiskState::Healthy as u8, Ordering::Release);
+        }
+        drop(failure);
+        self.refresh_space();
+    }
+
+    /// Re-reads free space and moves between `Healthy` and `Full` (never out of `Failed`).
+    pub fn refresh_space(&self) -> u64 {
+        let (free, total) = fs_space(&self.root).unwrap_or((0, 0));
+        self.free_bytes.store(free, Ordering::Release);
+        self.total_bytes.store(total, Ordering::Release);
+        let want = if free < self.reserve_bytes {
+            DiskState::Full
+        } else {
+            DiskState::Healthy
+        };
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != DiskState::Failed as u8 && s != want as u8).then_some(want as u8)
+            });
+        free
+    }
+
+    /// True when the disk can take new shuffles.
+    pub fn takes_new_shuffles(&self) -> bool {
+        self.state() == DiskState::Healthy
     }
 
     pub fn apps_dir(&self) -> PathBuf {
@@ -112,9 +189,12 @@ impl Disk {
         })
     }
 
-    /// (free bytes, total bytes) of the file system holding this disk.
+    /// (free bytes, total bytes) of the file system holding this disk, as last read.
     pub fn space(&self) -> (u64, u64) {
-        fs_space(&self.root).unwrap_or((0, 0))
+        (
+            self.free_bytes.load(Ordering::Acquire),
+            self.total_bytes.load(Ordering::Acquire),
+        )
     }
 }
 
@@ -151,7 +231,24 @@ fn writer_loop(
 }
 
 fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durability, disk: &Disk) {
-    let mut results: Vec<Result<()>> = jobs.iter().map(|j| write_chunks(j, memory, disk)).collect();
+    // Room left above the reserve for this group's chunks.
+    let mut room = disk.refresh_space().saturating_sub(disk.reserve_bytes);
+    let mut results: Vec<Result<()>> = jobs
+        .iter()
+        .map(|j| {
+            let check = admit(j, disk, &mut room);
+            match check {
+                Ok(()) => write_chunks(j, memory, disk),
+                Err(e) => {
+                    memory.written(j.payload_bytes());
+                    if !j.chunks.is_empty() {
+                        j.shuffle.mark_lost(&j.chunks, &e.to_string());
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .collect();
     let fsync = durability == Durability::Fsync;
     if fsync {
         sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_data());
@@ -164,10 +261,12 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
             .shuffle
             .attempt_lost(record.map_index, record.attempt_id)
         {
-            *res = Err(StoreError::Unavailable(format!(
-                "map {} attempt {} of {} lost blocks ({why}); rerun the map",
-                record.map_index, record.attempt_id, job.shuffle.key
-            )));
+            *res = Err(super::shuffle::attempt_lost_error(
+                &job.shuffle.key,
+                record.map_index,
+                record.attempt_id,
+                &why,
+            ));
             continue;
         }
         if job.shuffle.is_deleted() {
@@ -181,7 +280,7 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
         note_error(res, disk);
     }
     if fsync {
-        sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_commits());
+        sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_commits(true));
     }
     for (job, res) in jobs.iter_mut().zip(results) {
         if let Some(reply) = job.reply.take() {
@@ -190,6 +289,37 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
             tracing::warn!(shuffle = %job.shuffle.key, error = %e, "background flush failed");
         }
     }
+}
+
+/// Refuses a job on a failed disk, or one whose chunks would take free space below the reserve.
+fn admit(job: &WriteJob, disk: &Disk, room: &mut u64) -> Result<()> {
+    if disk.state() == DiskState::Failed || job.shuffle.disk_epoch != disk.epoch() {
+        return Err(job.shuffle.lost_error());
+    }
+    let need: u64 = job
+        .chunks
+        .iter()
+        .map(|c| {
+            c.payload_bytes
+                + crate::format::CHUNK_HEADER_BYTES as u64
+                + 64
+                + 24 * c.blocks.len() as u64
+        })
+        .sum::<u64>()
+        + if job.commit.is_some() { 4096 } else { 0 };
+    if need > *room {
+        metrics::counter!("croupier_disk_errors_total", "disk" => disk.root.display().to_string(), "reason" => "no_space")
+            .increment(1);
+        return Err(StoreError::NoSpace(format!(
+            "disk {} has {} bytes above its reserve of {} bytes; {} needs {need} (move the shuffle elsewhere or free space)",
+            disk.root.display(),
+            *room,
+            disk.reserve_bytes,
+            job.shuffle.key
+        )));
+    }
+    *room -= need;
+    Ok(())
 }
 
 fn write_chunks(job: &WriteJob, memory: &MemoryBudget, disk: &Disk) -> Result<()> {
@@ -239,6 +369,9 @@ fn write_chunks(job: &WriteJob, memory: &MemoryBudget, disk: &Disk) -> Result<()
 
 fn note_error(res: &mut Result<()>, disk: &Disk) {
     if let Err(e) = res {
+        if let StoreError::Io { .. } = e {
+            disk.fail(&e.to_string());
+        }
         if matches!(e, StoreError::Io { .. } | StoreError::NoSpace(_)) {
             disk.write_errors.fetch_add(1, Ordering::AcqRel);
             metrics::counter!("croupier_disk_errors_total", "disk" => disk.root.display().to_string(), "reason" => e.reason())
@@ -266,6 +399,7 @@ fn sync_each_shuffle(
         if let Err(e) = sync(&mut jobs[i].shuffle.files.lock()) {
             let msg = e.to_string();
             disk.write_errors.fetch_add(1, Ordering::AcqRel);
+            disk.fail(&format!("fsync failed: {msg}"));
             for (j, job) in jobs.iter().enumerate() {
                 if Arc::as_ptr(&job.shuffle) == ptr && results[j].is_ok() {
                     job.shuffle.mark_lost(&job.chunks, &msg);

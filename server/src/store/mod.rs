@@ -80,7 +80,9 @@ pub struct DiskSnapshot {
     pub free_bytes: u64,
     pub total_bytes: u64,
     pub used_by_croupier_bytes: u64,
+    pub reserve_bytes: u64,
     pub write_errors: u64,
+    pub failure: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -147,8 +149,14 @@ impl Store {
             let root = dir
                 .canonicalize()
                 .map_err(|e| format!("data dir {}: {e}", dir.display()))?;
-            let disk = Disk::start(i as u32, root, memory.clone(), config.durability)
-                .map_err(|e| format!("starting the writer of {}: {e}", dir.display()))?;
+            let disk = Disk::start(
+                i as u32,
+                root,
+                config.disk_reserve_bytes,
+                memory.clone(),
+                config.durability,
+            )
+            .map_err(|e| format!("starting the writer of {}: {e}", dir.display()))?;
             disks.push(disk);
         }
         let store = Arc::new(Store {
@@ -196,10 +204,7 @@ impl Store {
     }
 
     pub fn healthy_disks(&self) -> usize {
-        self.disks
-            .iter()
-            .filter(|d| d.state() == DiskState::Healthy)
-            .count()
+        self.disks.iter().filter(|d| d.takes_new_shuffles()).count()
     }
 
     /// True when pushes are accepted: not draining, a healthy disk, under the memory limit.
@@ -221,11 +226,13 @@ impl Store {
 
     fn shuffle(&self, key: &ShuffleKey) -> Result<Arc<Shuffle>> {
         self.touch(&key.app);
-        self.shuffles
-            .read()
-            .get(key)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound(format!("{key} is not registered on this server")))
+        let shuffle = self.shuffles.read().get(key).cloned().ok_or_else(|| {
+            StoreError::NotFound(format!("{key} is not registered on this server"))
+        })?;
+        if shuffle.is_lost() {
+            return Err(shuffle.lost_error());
+        }
+        Ok(shuffle)
     }
 
     pub async fn register_shuffle(
@@ -338,12 +345,47 @@ impl Store {
 
     /// The healthy disk with the most free space.
     fn pick_disk(&self) -> Result<Arc<Disk>> {
+        for d in &self.disks {
+            d.refresh_space();
+        }
         self.disks
             .iter()
-            .filter(|d| d.state() == DiskState::Healthy)
+            .filter(|d| d.takes_new_shuffles())
             .max_by_key(|d| d.space().0)
             .cloned()
-            .ok_or_else(|| StoreError::Unavailable("no healthy disk".into()))
+            .ok_or_else(|| {
+                let states: Vec<String> = self
+                    .disks
+                    .iter()
+                    .map(|d| format!("{} {}", d.root.display(), d.state().as_str()))
+                    .collect();
+                if self.disks.iter().any(|d| d.state() == DiskState::Full) {
+                    StoreError::NoSpace(format!(
+                        "no disk has room for a new shuffle ({})",
+                        states.join(", ")
+                    ))
+                } else {
+                    StoreError::Unavailable(format!("no healthy disk ({})", states.join(", ")))
+                }
+            })
+    }
+
+    /// Probes every disk once (write, fsync, read back), failing those that error or time out.
+    pub async fn probe_disks(&self) {
+        let timeout = Duration::from_millis(self.config.disk_probe_timeout_ms);
+        for disk in &self.disks {
+            let d = disk.clone();
+            let probe = tokio::task::spawn_blocking(move || files::probe_dir(&d.root));
+            match tokio::time::timeout(timeout, probe).await {
+                Ok(Ok(Ok(()))) => disk.probe_succeeded(),
+                Ok(Ok(Err(e))) => disk.fail(&format!("probe failed: {e}")),
+                Ok(Err(e)) => disk.fail(&format!("probe task failed: {e}")),
+                Err(_) => disk.fail(&format!(
+                    "probe took longer than {} ms",
+                    timeout.as_millis()
+                )),
+            }
+        }
     }
 
     pub async fn push(
@@ -360,6 +402,7 @@ impl Store {
             ));
         }
         shuffle.validate_push(map_index, &blocks)?;
+        check_room(&shuffle)?;
         let bytes: u64 = blocks.iter().map(|b| b.data.len() as u64).sum();
         let block_count = blocks.len() as u64;
         let wait = Duration::from_millis(self.config.push_wait_ms_max);
@@ -630,7 +673,7 @@ impl Store {
         let shuffles: Vec<Arc<Shuffle>> = self.shuffles.read().values().cloned().collect();
         for s in shuffles {
             let mut f = s.files.lock();
-            if let Err(e) = f.sync_data().and_then(|_| f.sync_commits()) {
+            if let Err(e) = f.sync_data().and_then(|_| f.sync_commits(false)) {
                 tracing::error!(shuffle = %s.key, error = %e, "sync at shutdown failed");
             }
         }
@@ -669,7 +712,9 @@ impl Store {
                     free_bytes: free,
                     total_bytes: total,
                     used_by_croupier_bytes: per_disk.get(&d.id).copied().unwrap_or(0),
+                    reserve_bytes: d.reserve_bytes,
                     write_errors: d.write_errors.load(Ordering::Relaxed),
+                    failure: d.failure(),
                 }
             })
             .collect::<Vec<_>>();
@@ -693,6 +738,20 @@ impl Store {
             bytes_on_disk,
         }
     }
+}
+
+/// Refuses new data for a shuffle whose disk is below its free-space reserve.
+fn check_room(shuffle: &Shuffle) -> Result<()> {
+    if shuffle.disk.state() == DiskState::Full {
+        let (free, _) = shuffle.disk.space();
+        return Err(StoreError::NoSpace(format!(
+            "disk {} of {} has {free} bytes free, below its reserve of {} bytes",
+            shuffle.disk.root.display(),
+            shuffle.key,
+            shuffle.disk.reserve_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the planned blocks in runs of adjacent blocks, checks every block's CRC, and sends them.
@@ -764,7 +823,12 @@ fn read_group(shuffle: &Shuffle, group: Vec<BlockLoc>) -> Result<Vec<(BlockLoc, 
             &path,
             first.data_offset,
             (end - first.data_offset) as usize,
-        )?;
+        )
+        .inspect_err(|e| {
+            if let StoreError::Io { .. } = e {
+                shuffle.disk.fail(&format!("read failed: {e}"));
+            }
+        })?;
         let mut pos = 0usize;
         for b in &group[i..j] {
             let data = run.slice(pos..pos + b.len as usize);

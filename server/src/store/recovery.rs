@@ -144,15 +144,16 @@ fn recover_shuffle(
             let r = IndexRecord::decode_body(body)?;
             let end = r.chunk_offset + CHUNK_HEADER_BYTES as u64 + u64::from(r.payload_len);
             match segment_lens.get(&r.segment_id) {
-                Some((_, len)) if end <= *len => {}
-                _ => {
-                    return Err(format!(
-                        "chunk of partition {} points past the end of segment {}",
-                        r.partition_id, r.segment_id
-                    ))
-                }
+                Some((_, len)) if end <= *len => chunks.push(WrittenChunk { record: r }),
+                // Data lost in a crash before it was synced. Not damage by itself: if a committed
+                // attempt needed these blocks, its fetch fails with DATA_CORRUPTED naming them.
+                _ => tracing::warn!(
+                    file = %index_path.display(),
+                    partition = r.partition_id,
+                    segment = r.segment_id,
+                    "index record points past the end of its segment; its blocks are skipped"
+                ),
             }
-            chunks.push(WrittenChunk { record: r });
             Ok(())
         },
     );

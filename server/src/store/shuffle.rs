@@ -91,6 +91,8 @@ pub struct Shuffle {
     pub num_maps: u32,
     pub num_partitions: u32,
     pub disk: Arc<Disk>,
+    /// The disk's failure epoch when the shuffle was placed; a later failure makes the shuffle lost.
+    pub disk_epoch: u64,
     memory: Arc<MemoryBudget>,
     pub dir: PathBuf,
     pub files: Mutex<ShuffleFiles>,
@@ -153,6 +155,7 @@ impl Shuffle {
             key,
             num_maps,
             num_partitions,
+            disk_epoch: disk.epoch(),
             disk,
             memory,
             dir,
@@ -171,6 +174,21 @@ impl Shuffle {
             buffered_bytes: AtomicU64::new(0),
             disk_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// True when the disk holding this shuffle failed after the shuffle was placed on it.
+    pub fn is_lost(&self) -> bool {
+        self.disk.epoch() != self.disk_epoch || self.disk.state() == super::disk::DiskState::Failed
+    }
+
+    /// The status for every request to a lost shuffle: clients rerun its maps (or fail over).
+    pub fn lost_error(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "DATA_LOST: {} is lost: its disk {} failed ({}); rerun its maps",
+            self.key,
+            self.disk.root.display(),
+            self.disk.failure().unwrap_or_else(|| "I/O error".into())
+        ))
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -337,10 +355,7 @@ impl Shuffle {
         }
         let attempt = st.attempts.entry((map_index, attempt_id)).or_default();
         if let Some(why) = &attempt.lost {
-            return Err(StoreError::Unavailable(format!(
-                "map {map_index} attempt {attempt_id} of {} lost blocks ({why}); rerun the map",
-                self.key
-            )));
+            return Err(attempt_lost_error(&self.key, map_index, attempt_id, why));
         }
         // Pass 1: classify every block (stored / duplicate) without changing anything.
         let mut next: HashMap<u32, u32> = HashMap::new();
@@ -510,10 +525,7 @@ impl Shuffle {
         let empty = AttemptState::default();
         let attempt = st.attempts.get(&(map_index, attempt_id)).unwrap_or(&empty);
         if let Some(why) = &attempt.lost {
-            return Err(StoreError::Unavailable(format!(
-                "map {map_index} attempt {attempt_id} of {} lost blocks ({why}); rerun the map",
-                self.key
-            )));
+            return Err(attempt_lost_error(&self.key, map_index, attempt_id, why));
         }
         check_counts(&self.key, map_index, attempt_id, attempt, &promised)?;
         let mut chunks = Vec::new();
@@ -720,6 +732,23 @@ impl Shuffle {
             blocks,
             maps: summary,
         })
+    }
+}
+
+/// The status for an attempt whose blocks could not be written: "no space" stays a RESOURCE_EXHAUSTED
+/// status (the client may retry elsewhere or later), anything else is UNAVAILABLE.
+pub fn attempt_lost_error(
+    key: &ShuffleKey,
+    map_index: u32,
+    attempt_id: u64,
+    why: &str,
+) -> StoreError {
+    let message =
+        format!("map {map_index} attempt {attempt_id} of {key} lost blocks ({why}); rerun the map");
+    if why.starts_with("no space") {
+        StoreError::NoSpace(message)
+    } else {
+        StoreError::Unavailable(message)
     }
 }
 

@@ -16,16 +16,27 @@ pub struct TestServer {
     pub dirs: Vec<PathBuf>,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    under_fiu: bool,
     _tmp: tempfile::TempDir,
 }
 
 impl TestServer {
     /// Starts a server with `disks` data dirs and extra TOML lines.
     pub fn start(disks: usize, extra_toml: &str) -> TestServer {
+        Self::start_with(disks, Vec::new(), extra_toml, false)
+    }
+
+    /// Starts a server on `extra_dirs` (e.g. a small tmpfs) plus `disks` temporary dirs; `under_fiu` runs
+    /// it under libfiu's `fiu-run -x` so tests can inject I/O faults with [`TestServer::fiu`].
+    pub fn start_with(
+        disks: usize,
+        extra_dirs: Vec<PathBuf>,
+        extra_toml: &str,
+        under_fiu: bool,
+    ) -> TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dirs: Vec<PathBuf> = (0..disks)
-            .map(|i| tmp.path().join(format!("disk{i}")))
-            .collect();
+        let mut dirs = extra_dirs;
+        dirs.extend((0..disks).map(|i| tmp.path().join(format!("disk{i}"))));
         let config_path = tmp.path().join("croupier.toml");
         let dir_list = dirs
             .iter()
@@ -44,10 +55,23 @@ impl TestServer {
             dirs,
             config_path,
             log_path,
+            under_fiu,
             _tmp: tmp,
         };
         s.spawn();
         s
+    }
+
+    /// Sends a libfiu control command (e.g. "enable name=posix/io/rw/pwritev,failinfo=5").
+    pub fn fiu(&self, command: &str) {
+        assert!(self.under_fiu, "server not started under fiu-run");
+        let st = Command::new("fiu-ctrl")
+            .arg("-c")
+            .arg(command)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("fiu-ctrl");
+        assert!(st.success(), "fiu-ctrl -c {command:?} failed");
     }
 
     pub fn tmp_path(&self) -> &Path {
@@ -60,7 +84,14 @@ impl TestServer {
             .append(true)
             .open(&self.log_path)
             .expect("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_croupier"))
+        let mut cmd = if self.under_fiu {
+            let mut c = Command::new("fiu-run");
+            c.arg("-x").arg(env!("CARGO_BIN_EXE_croupier"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_croupier"))
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -118,6 +149,29 @@ impl TestServer {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// kill -9, then start again without fault injection.
+    pub fn restart_plain(&mut self) {
+        self.kill9();
+        self.under_fiu = false;
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn disk_states(&self) -> Vec<String> {
+        let st = self.status_json();
+        st["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["state"].as_str().unwrap().to_string())
+            .collect()
     }
 
     pub fn sigterm_and_wait(&mut self) -> ExitStatus {

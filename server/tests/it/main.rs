@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod crash;
+mod faults;
 mod integrity;
 mod lifecycle;
 mod memory;
