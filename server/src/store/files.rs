@@ -70,6 +70,7 @@ impl AppendFile {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
         let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
