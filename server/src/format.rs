@@ -12,8 +12,9 @@
 //! little-endian; `header_crc32` covers the first 12 bytes so a damaged length is never trusted.
 //!
 //! Decoding never panics: reading a record yields [`RecordRead::Valid`], [`RecordRead::Torn`] (the
-//! file ends inside the record: an interrupted append) or [`RecordRead::Corrupted`] (the bytes are there
-//! but fail their checksum).
+//! file ends inside the record: an interrupted append), [`RecordRead::BadTail`] (the last record is
+//! whole but fails its checksum: an unsynced append cut by power loss, or bit rot) or
+//! [`RecordRead::Corrupted`] (a record followed by more data fails its checksum).
 
 /// Format version written in `shuffle.meta`; see the version log in docs/FORMAT.md.
 pub const FORMAT_VERSION: u32 = 1;
@@ -41,6 +42,12 @@ pub enum RecordRead<'a> {
     },
     /// The file ends inside this record (an append that did not finish).
     Torn,
+    /// The last record of the file is complete but its body fails the checksum. A power loss during
+    /// an unsynced append can leave this, and so can bit rot: recovery cuts it like a torn tail (the
+    /// record's commit or chunk is forgotten, never served wrong), `inspect` reports it as damage.
+    BadTail {
+        reason: String,
+    },
     /// The record's bytes fail their checksum. `skip_to` is where the next record starts when the
     /// header itself was intact (only the body is bad), `None` when the length cannot be trusted.
     Corrupted {
@@ -93,8 +100,11 @@ pub fn read_record(buf: &[u8], offset: usize, magic: u32) -> RecordRead<'_> {
     let actual = crc32fast::hash(body);
     if expected != actual {
         if end == buf.len() {
-            // The last record of the file with a bad body: its append was interrupted.
-            return RecordRead::Torn;
+            return RecordRead::BadTail {
+                reason: format!(
+                    "last record's body checksum mismatch: expected {expected:#010x}, found {actual:#010x}"
+                ),
+            };
         }
         return RecordRead::Corrupted {
             reason: format!(

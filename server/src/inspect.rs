@@ -195,6 +195,13 @@ fn read_log<T>(
                 }
                 offset = end;
             }
+            RecordRead::BadTail { reason } => {
+                report.damage.push(format!(
+                    "{} offset {offset}: {reason} (bit rot, or an append cut by power loss; restart cuts it)",
+                    path.display()
+                ));
+                break;
+            }
             RecordRead::Torn => {
                 report.torn_tails.push(format!(
                     "{} offset {offset}: torn tail of {} bytes",

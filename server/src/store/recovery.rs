@@ -68,6 +68,7 @@ pub fn read_meta(dir: &Path) -> Result<ShuffleMeta, String> {
             ShuffleMeta::decode_body(body).map_err(|e| format!("{}: {e}", path.display()))
         }
         RecordRead::Torn => Err(format!("{}: truncated", path.display())),
+        RecordRead::BadTail { reason } => Err(format!("{}: {reason}", path.display())),
         RecordRead::Corrupted { reason, .. } => Err(format!("{}: {reason}", path.display())),
     }
 }
@@ -225,6 +226,12 @@ fn replay(
             }
             RecordRead::Torn => {
                 tracing::warn!(file = %path.display(), offset, "cutting a torn tail");
+                return Some(offset as u64);
+            }
+            RecordRead::BadTail { reason } => {
+                // Either an append cut by power loss or bit rot: the record cannot be trusted either
+                // way. Forgetting it never serves wrong data (a commit is lost, a chunk unindexed).
+                tracing::error!(file = %path.display(), offset, %reason, "cutting a last record that fails its checksum");
                 return Some(offset as u64);
             }
             RecordRead::Corrupted { reason, skip_to } => {

@@ -4,6 +4,7 @@
 mod common;
 
 mod bad_input;
+mod corruption;
 mod crash;
 mod faults;
 mod integrity;
