@@ -16,9 +16,11 @@ public final class CroupierConf {
   public static final String PUSH_MAX_IN_FLIGHT = "spark.croupier.push.maxInFlightBatches";
   public static final String PUSH_ACK_TIMEOUT = "spark.croupier.push.ackTimeout";
   public static final String RPC_TIMEOUT = "spark.croupier.rpc.timeout";
+  public static final String CONNECT_TIMEOUT = "spark.croupier.connect.timeout";
   public static final String FETCH_CHUNK_SIZE = "spark.croupier.fetch.chunkSize";
   public static final String FETCH_TIMEOUT = "spark.croupier.fetch.timeout";
   public static final String FETCH_PREFETCH = "spark.croupier.fetch.prefetchChunks";
+  public static final String PUSH_BYPASS_THRESHOLD = "spark.croupier.push.bypassThreshold";
   public static final String HEARTBEAT_INTERVAL = "spark.croupier.heartbeat.interval";
 
   /** Spark's key for the ShuffleDataIO plugin (driver components declare reliable storage). */
@@ -50,9 +52,11 @@ public final class CroupierConf {
     c.maxInFlightBatches = Math.max(1, conf.getInt(PUSH_MAX_IN_FLIGHT, 4));
     c.ackTimeoutMs = conf.getTimeAsMs(PUSH_ACK_TIMEOUT, "120s");
     c.rpcTimeoutMs = conf.getTimeAsMs(RPC_TIMEOUT, "60s");
+    c.connectTimeoutMs = conf.getTimeAsMs(CONNECT_TIMEOUT, "5s");
     c.fetchChunkBytes = (int) Math.min(conf.getSizeAsBytes(FETCH_CHUNK_SIZE, "4m"), 64L << 20);
     c.fetchTimeoutMs = conf.getTimeAsMs(FETCH_TIMEOUT, "120s");
     c.fetchPrefetchChunks = Math.max(1, conf.getInt(FETCH_PREFETCH, 2));
+    c.bypassThreshold = conf.getInt(PUSH_BYPASS_THRESHOLD, 200);
     c.heartbeatIntervalMs = conf.getTimeAsMs(HEARTBEAT_INTERVAL, "10s");
     return c;
   }

@@ -75,6 +75,12 @@ final class CroupierDriver {
   /** RegisterShuffle on every server; throws with a clear message if one refuses or is unreachable. */
   void registerShuffle(int shuffleId, int numMaps, int numPartitions) {
     String app = appId();
+    if (numMaps == 0 || numPartitions == 0) {
+      // Nothing will ever be pushed or fetched (the servers refuse such a shuffle anyway).
+      LOG.debug("Croupier: shuffle {} has {} maps and {} partitions: not registered", shuffleId, numMaps,
+          numPartitions);
+      return;
+    }
     for (String s : servers) {
       RegisterShuffleRequest req = RegisterShuffleRequest.newBuilder()
           .setAppId(app).setShuffleId(shuffleId).setNumMaps(numMaps).setNumPartitions(numPartitions).build();

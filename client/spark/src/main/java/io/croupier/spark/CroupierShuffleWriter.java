@@ -43,6 +43,10 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   @SuppressWarnings("rawtypes")
   private static final ClassTag ANY = ClassTag$.MODULE$.Any();
 
+  /** Memory for the open streams of the streaming (bypass) path, shared by all partitions. */
+  private static final long BYPASS_BUFFER_BYTES = 32L << 20;
+  private static final long MIN_BYPASS_BLOCK_BYTES = 32L << 10;
+
   private final CroupierShuffleHandle<K, V, C> handle;
   private final long attemptId;
   private final int mapIndex;
@@ -64,9 +68,101 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   }
 
   @Override
-  @SuppressWarnings({"unchecked", "rawtypes"})
   public void write(Iterator<Product2<K, V>> records) throws IOException {
     ShuffleDependency<K, V, C> dep = handle.dependency();
+    if (handle.numPartitions() == 0) {
+      // No reduce partition: nothing to push (and the shuffle is not registered on the servers).
+      while (records.hasNext()) {
+        records.next();
+      }
+      partitionLengths = new long[0];
+      mapStatus = SparkShim.mapStatus(SparkEnv.get().blockManager().shuffleServerId(), partitionLengths, attemptId);
+      return;
+    }
+    ClientConf cc = handle.clientConf();
+    List<String> servers = handle.servers();
+    String app = handle.appId();
+    int shuffleId = handle.shuffleId();
+    pusher = new MapPusher(handle.owners(), servers.size(),
+        s -> new PushSession(CroupierClients.async(servers.get(s), cc), servers.get(s), app, shuffleId, mapIndex,
+            attemptId, cc.maxInFlightBatches, cc.ackTimeoutMs, CroupierClients.timer()),
+        cc.batchBytes, cc.maxBatchBytes, cc.maxBlockBytes);
+
+    long recordsWritten;
+    if (!dep.mapSideCombine() && dep.partitioner().numPartitions() <= cc.bypassThreshold) {
+      recordsWritten = writeStreaming(dep, records);
+    } else {
+      recordsWritten = writeSorted(dep, records);
+    }
+    long t0 = System.nanoTime();
+    pusher.finish();
+    long winner = commit(servers, app, shuffleId);
+    partitionLengths = pusher.partitionLengths();
+    long total = 0;
+    for (long l : partitionLengths) {
+      total += l;
+    }
+    metrics.incBytesWritten(total);
+    metrics.incRecordsWritten(recordsWritten);
+    // Write time: blocked on pushes, waiting for the last acks, committing.
+    metrics.incWriteTime(System.nanoTime() - t0 + pusher.sendNanos());
+    if (winner != attemptId) {
+      LOG.info("Croupier: shuffle {} map {} attempt {}: attempt {} committed first; reporting it", shuffleId,
+          mapIndex, attemptId, winner);
+    }
+    mapStatus = SparkShim.mapStatus(SparkEnv.get().blockManager().shuffleServerId(), partitionLengths, winner);
+  }
+
+  /**
+   * Few partitions, no map-side combine: serialize each record straight into its partition's open
+   * stream and push blocks while the input is still being computed (like Spark's bypass-merge writer).
+   * Memory: one open stream per partition, each cut at about BYPASS_BUFFER_BYTES / partitions (32 MiB
+   * in all, plus the codec's buffers).
+   */
+  private long writeStreaming(ShuffleDependency<K, V, C> dep, Iterator<Product2<K, V>> records) throws IOException {
+    Partitioner partitioner = dep.partitioner();
+    int n = partitioner.numPartitions();
+    long target = Math.max(MIN_BYPASS_BLOCK_BYTES, Math.min(handle.clientConf().blockBytes, BYPASS_BUFFER_BYTES / n));
+    SerializerManager serializerManager = SparkEnv.get().serializerManager();
+    SerializerInstance ser = dep.serializer().newInstance();
+    FramingOutputStream[] sinks = new FramingOutputStream[n];
+    SerializationStream[] outs = new SerializationStream[n];
+    long count = 0;
+    while (records.hasNext()) {
+      Product2<K, V> rec = records.next();
+      int p = partitioner.getPartition(rec._1());
+      SerializationStream out = outs[p];
+      if (out == null) {
+        // A stream is cut at `target` plus what the codec still buffers: size the buffer for that.
+        sinks[p] = pusher.openStream(p, target + (64 << 10));
+        out = ser.serializeStream(serializerManager.wrapStream(new ShuffleBlockId(handle.shuffleId(), attemptId, p),
+            sinks[p]));
+        outs[p] = out;
+      }
+      writeRecord(out, rec);
+      count++;
+      if (sinks[p].streamBytes() >= target) {
+        out.close();
+        outs[p] = null;
+      }
+    }
+    for (int p = 0; p < n; p++) {
+      if (outs[p] != null) {
+        outs[p].close();
+      }
+    }
+    return count;
+  }
+
+  @SuppressWarnings({"unchecked", "rawtypes"})
+  private static void writeRecord(SerializationStream out, Product2<?, ?> rec) {
+    out.writeKey(rec._1(), ANY);
+    out.writeValue(rec._2(), ANY);
+  }
+
+  /** General case: Spark's ExternalSorter groups by partition (combining if asked), spilling if needed. */
+  @SuppressWarnings({"unchecked", "rawtypes"})
+  private long writeSorted(ShuffleDependency<K, V, C> dep, Iterator<Product2<K, V>> records) throws IOException {
     Option<Partitioner> partitioner = Option.apply(dep.partitioner());
     Option<Ordering<K>> noOrdering = Option.empty();
     if (dep.mapSideCombine()) {
@@ -81,19 +177,10 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     }
     sorter.insertAll(records);
 
-    ClientConf cc = handle.clientConf();
-    List<String> servers = handle.servers();
-    String app = handle.appId();
-    int shuffleId = handle.shuffleId();
-    pusher = new MapPusher(handle.owners(), servers.size(),
-        s -> new PushSession(CroupierClients.async(servers.get(s), cc), servers.get(s), app, shuffleId, mapIndex,
-            attemptId, cc.maxInFlightBatches, cc.ackTimeoutMs, CroupierClients.timer()),
-        cc.batchBytes, cc.maxBatchBytes, cc.maxBlockBytes);
-
+    long blockBytes = handle.clientConf().blockBytes;
     SerializerManager serializerManager = SparkEnv.get().serializerManager();
     SerializerInstance ser = dep.serializer().newInstance();
-    long recordsWritten = 0;
-    long t0 = System.nanoTime();
+    long count = 0;
     Iterator<Tuple2<Object, Iterator<Product2<K, ?>>>> parts = (Iterator) sorter.partitionedIterator();
     while (parts.hasNext()) {
       Tuple2<Object, Iterator<Product2<K, ?>>> part = parts.next();
@@ -102,7 +189,7 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       if (!it.hasNext()) {
         continue;
       }
-      ShuffleBlockId blockId = new ShuffleBlockId(shuffleId, attemptId, p);
+      ShuffleBlockId blockId = new ShuffleBlockId(handle.shuffleId(), attemptId, p);
       FramingOutputStream sink = null;
       SerializationStream out = null;
       while (it.hasNext()) {
@@ -111,10 +198,9 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
           sink = pusher.openStream(p);
           out = ser.serializeStream(serializerManager.wrapStream(blockId, sink));
         }
-        out.writeKey(rec._1(), ANY);
-        out.writeValue(rec._2(), ANY);
-        recordsWritten++;
-        if (sink.streamBytes() >= cc.blockBytes) {
+        writeRecord(out, rec);
+        count++;
+        if (sink.streamBytes() >= blockBytes) {
           out.close(); // ends this block's stream; the next record starts a new one
           out = null;
         }
@@ -123,21 +209,7 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
         out.close();
       }
     }
-    pusher.finish();
-    long winner = commit(servers, app, shuffleId);
-    partitionLengths = pusher.partitionLengths();
-    long total = 0;
-    for (long l : partitionLengths) {
-      total += l;
-    }
-    metrics.incBytesWritten(total);
-    metrics.incRecordsWritten(recordsWritten);
-    metrics.incWriteTime(System.nanoTime() - t0);
-    if (winner != attemptId) {
-      LOG.info("Croupier: shuffle {} map {} attempt {}: attempt {} committed first; reporting it", shuffleId,
-          mapIndex, attemptId, winner);
-    }
-    mapStatus = SparkShim.mapStatus(SparkEnv.get().blockManager().shuffleServerId(), partitionLengths, winner);
+    return count;
   }
 
   private long commit(List<String> servers, String app, int shuffleId) throws IOException {

@@ -18,6 +18,8 @@ public final class ClientConf implements Serializable {
   public int maxInFlightBatches = 4;
   /** How long a pusher waits for an ack before failing the task. */
   public long ackTimeoutMs = 120_000;
+  /** How long a call waits for a channel that is not connected (yet or any more) before trying anyway. */
+  public long connectTimeoutMs = 5_000;
   /** Deadline of unary calls (register, commit, unregister, heartbeat, status). */
   public long rpcTimeoutMs = 60_000;
   /** chunk_bytes_max of Fetch requests. */
@@ -26,6 +28,12 @@ public final class ClientConf implements Serializable {
   public int maxInboundMessageBytes = 64 << 20;
   /** HTTP/2 flow-control window of the client. */
   public int flowControlWindowBytes = 8 << 20;
+  /**
+   * Without map-side combine and with at most this many partitions, records are serialized straight
+   * into per-partition streams and pushed while the map runs, instead of being grouped by Spark's
+   * ExternalSorter first.
+   */
+  public int bypassThreshold = 200;
   /** Heartbeat period of the driver (capped at a third of the lease). */
   public long heartbeatIntervalMs = 10_000;
   /** A fetch stream that delivers nothing for this long fails. */

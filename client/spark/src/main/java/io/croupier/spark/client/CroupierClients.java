@@ -1,10 +1,12 @@
 package io.croupier.spark.client;
 
 import io.croupier.proto.v1.ShuffleServiceGrpc;
+import io.grpc.ConnectivityState;
 import io.grpc.ManagedChannel;
 import io.grpc.netty.NettyChannelBuilder;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
@@ -28,18 +30,57 @@ public final class CroupierClients {
         .build());
   }
 
+  /**
+   * Waits (at most {@code conf.connectTimeoutMs}) until the channel to {@code server} is connected. A
+   * channel whose server went away backs off exponentially before reconnecting, and calls made meanwhile
+   * fail at once; this resets the backoff so a server that came back is used right away, and gives a
+   * server that is starting a moment to answer. Calls still fail fast when it stays unreachable.
+   */
+  public static ManagedChannel ready(String server, ClientConf conf) {
+    ManagedChannel ch = channel(server, conf);
+    ConnectivityState st = ch.getState(true);
+    if (st == ConnectivityState.READY) {
+      return ch;
+    }
+    if (st == ConnectivityState.TRANSIENT_FAILURE) {
+      ch.resetConnectBackoff();
+    }
+    long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(conf.connectTimeoutMs);
+    while (true) {
+      st = ch.getState(true);
+      if (st == ConnectivityState.READY || st == ConnectivityState.SHUTDOWN) {
+        return ch;
+      }
+      long left = deadline - System.nanoTime();
+      if (left <= 0) {
+        return ch;
+      }
+      CountDownLatch changed = new CountDownLatch(1);
+      ch.notifyWhenStateChanged(st, changed::countDown);
+      try {
+        if (!changed.await(Math.min(left, TimeUnit.MILLISECONDS.toNanos(200)), TimeUnit.NANOSECONDS)
+            && ch.getState(false) == ConnectivityState.TRANSIENT_FAILURE) {
+          ch.resetConnectBackoff();
+        }
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        return ch;
+      }
+    }
+  }
+
   public static ShuffleServiceGrpc.ShuffleServiceBlockingStub blocking(String server, ClientConf conf) {
-    return ShuffleServiceGrpc.newBlockingStub(channel(server, conf))
+    return ShuffleServiceGrpc.newBlockingStub(ready(server, conf))
         .withDeadlineAfter(conf.rpcTimeoutMs, TimeUnit.MILLISECONDS);
   }
 
   /** A blocking stub without deadline, for long server streams (Fetch). */
   public static ShuffleServiceGrpc.ShuffleServiceBlockingStub streaming(String server, ClientConf conf) {
-    return ShuffleServiceGrpc.newBlockingStub(channel(server, conf));
+    return ShuffleServiceGrpc.newBlockingStub(ready(server, conf));
   }
 
   public static ShuffleServiceGrpc.ShuffleServiceStub async(String server, ClientConf conf) {
-    return ShuffleServiceGrpc.newStub(channel(server, conf));
+    return ShuffleServiceGrpc.newStub(ready(server, conf));
   }
 
   /** Shared daemon timer (push retries). */

@@ -24,12 +24,23 @@ public final class FramingOutputStream extends OutputStream {
   private long streamBytes;
   private boolean closed;
 
+  private final int expected;
+
   public FramingOutputStream(BlockConsumer consumer, int maxBlockBytes) {
+    this(consumer, maxBlockBytes, 0);
+  }
+
+  /**
+   * @param expectedBytes expected size of the stream (header included): a buffer that outgrows its small
+   *     initial size jumps straight to this size, which saves the copies of growing it step by step
+   */
+  public FramingOutputStream(BlockConsumer consumer, int maxBlockBytes, int expectedBytes) {
     if (maxBlockBytes < BlockFormat.HEADER_BYTES + 1) {
       throw new IllegalArgumentException("maxBlockBytes too small: " + maxBlockBytes);
     }
     this.consumer = consumer;
     this.maxBlockBytes = maxBlockBytes;
+    this.expected = Math.max(BlockFormat.HEADER_BYTES + 1, Math.min(expectedBytes, maxBlockBytes));
     newBuffer();
   }
 
@@ -80,11 +91,11 @@ public final class FramingOutputStream extends OutputStream {
   }
 
   private void grow(int min) {
-    int cap = buf.length;
+    long cap = Math.max(buf.length * 2L, expected);
     while (cap < min) {
       cap = cap * 2;
     }
-    buf = Arrays.copyOf(buf, Math.min(cap, maxBlockBytes));
+    buf = Arrays.copyOf(buf, (int) Math.min(cap, maxBlockBytes));
   }
 
   private void emit(byte flag) throws IOException {

@@ -28,6 +28,7 @@ public final class MapPusher {
   private final long[] pendingBytes;
   private long batchesSent;
   private long bytesPushed;
+  private long sendNanos;
   private boolean finished;
 
   /**
@@ -59,6 +60,12 @@ public final class MapPusher {
   /** A sink for one logical serialized stream of {@code partition}; close it to end the stream. */
   public FramingOutputStream openStream(int partition) {
     return new FramingOutputStream((data, len) -> addBlock(partition, data, len), maxBlockBytes);
+  }
+
+  /** Like {@link #openStream(int)}, with a buffer sized for a stream of about {@code expectedBytes}. */
+  public FramingOutputStream openStream(int partition, long expectedBytes) {
+    return new FramingOutputStream((data, len) -> addBlock(partition, data, len), maxBlockBytes,
+        (int) Math.min(Integer.MAX_VALUE, expectedBytes));
   }
 
   /** Adds one block (already framed). The array is owned by the pusher from now on. */
@@ -101,7 +108,9 @@ public final class MapPusher {
     if (sink.mapCommittedElsewhere()) {
       return; // another attempt won this map; our data would be discarded anyway
     }
+    long t0 = System.nanoTime();
     sink.send(batch);
+    sendNanos += System.nanoTime() - t0;
     batchesSent++;
     bytesPushed += n;
   }
@@ -169,6 +178,11 @@ public final class MapPusher {
 
   public long batchesSent() {
     return batchesSent;
+  }
+
+  /** Time spent handing batches to the sinks (blocked on a full window included). */
+  public long sendNanos() {
+    return sendNanos;
   }
 
   public long bytesPushed() {

@@ -70,4 +70,17 @@ class FramingOutputStreamTest {
     assertArrayEquals(data, join(blocks));
     assertThrows(IOException.class, () -> s.write(1));
   }
+
+  @Test
+  void sizeHintDoesNotChangeTheBlocks() throws IOException {
+    byte[] data = new byte[5000];
+    new Random(2).nextBytes(data);
+    FramingOutputStream s = new FramingOutputStream((d, len) -> blocks.add(Arrays.copyOf(d, len)), 2000, 1 << 20);
+    for (int i = 0; i < data.length; i += 7) {
+      s.write(data, i, Math.min(7, data.length - i));
+    }
+    s.close();
+    assertEquals(3, blocks.size());
+    assertArrayEquals(data, join(blocks));
+  }
 }

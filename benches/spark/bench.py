@@ -1,0 +1,71 @@
+"""One shuffle-heavy Spark job, run once per invocation with either Croupier or Spark's built-in shuffle.
+
+Prints `RESULT {"seconds":..., "shuffle_write_bytes":..., "rows":...}`. Driven by run.sh."""
+import argparse
+import json
+import time
+import urllib.request
+
+from pyspark.sql import SparkSession
+
+ROW_BYTES = 124  # 14 longs/doubles in an UnsafeRow (8 null-bit bytes + 14 x 8) + 4 bytes of length prefix
+
+
+def stage_shuffle_write_bytes(sc):
+    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/stages?status=complete"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        stages = json.loads(r.read())
+    return sum(s.get("shuffleWriteBytes", 0) for s in stages)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=["croupier", "builtin"], required=True)
+    ap.add_argument("--bytes", type=int, required=True)
+    ap.add_argument("--jar")
+    ap.add_argument("--servers")
+    ap.add_argument("--master", default="local-cluster[2,1,2048]")
+    ap.add_argument("--reducers", type=int, default=64)
+    a = ap.parse_args()
+
+    b = (
+        SparkSession.builder.master(a.master)
+        .appName(f"croupier-bench-{a.mode}")
+        .config("spark.executor.memory", "1536m")
+        .config("spark.driver.memory", "1g")
+        .config("spark.ui.enabled", "true")
+        .config("spark.ui.port", "0")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.adaptive.enabled", "false")
+        .config("spark.sql.shuffle.partitions", str(a.reducers))
+    )
+    if a.mode == "croupier":
+        b = (
+            b.config("spark.jars", a.jar)
+            .config("spark.shuffle.manager", "io.croupier.spark.CroupierShuffleManager")
+            .config("spark.croupier.servers", a.servers)
+        )
+    spark = b.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    sc = spark.sparkContext
+
+    rows = max(1, a.bytes // ROW_BYTES)
+    maps = max(4, rows // 1_000_000)
+    cols = ["id", "id % 1000003 AS k"] + [f"rand({i}) AS r{i}" for i in range(12)]
+    df = spark.range(0, rows, 1, maps).selectExpr(*cols)
+    # Hash-repartition every row (the shuffle measured), then aggregate each reduce partition.
+    # Every column is used after the shuffle, so column pruning cannot shrink what is shuffled.
+    total = " + ".join(f"r{i}" for i in range(12))
+    q = df.repartition(a.reducers, "k").selectExpr("count(*) AS c", f"sum({total}) AS s", "max(id) AS m")
+    t0 = time.time()
+    out = q.collect()[0]
+    seconds = time.time() - t0
+    assert out["c"] == rows, (out, rows)
+    write_bytes = stage_shuffle_write_bytes(sc)
+    spark.stop()
+    print("RESULT " + json.dumps({"seconds": round(seconds, 3), "shuffle_write_bytes": write_bytes, "rows": rows,
+                                  "maps": maps, "reducers": a.reducers}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
