@@ -7,6 +7,12 @@
 //! - [`Client::fetch`]: streams a partition range x map range, checks every block's CRC, the order and
 //!   completeness of every (partition, map) sequence, and the server's end-of-stream summary.
 //! - [`datagen`] and [`loadgen`]: the deterministic data behind `croupier load` / `croupier verify`.
+//!
+//! Security: [`ClientOptions::token`] is sent as `authorization: Bearer <token>` on every call;
+//! [`ClientOptions::tls_ca_pem`] switches to TLS and trusts only that CA; the app secret returned by
+//! RegisterShuffle is remembered in [`ClientOptions::app_secrets`] (shared by every clone of the
+//! options, so all connections of one `connect_many` know it) and sent as `x-croupier-app-secret` on
+//! every call of that app.
 
 pub mod datagen;
 pub mod loadgen;
@@ -14,17 +20,69 @@ pub mod loadgen;
 use bytes::Bytes;
 use croupier_proto::v1 as pb;
 use croupier_proto::v1::shuffle_service_client::ShuffleServiceClient;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
 
 pub use croupier_proto::v1 as proto;
 
 /// Largest message the client accepts or sends.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// Metadata carrying `Bearer <token>`.
+pub const TOKEN_HEADER: &str = "authorization";
+/// Metadata carrying the app's secret.
+pub const APP_SECRET_HEADER: &str = "x-croupier-app-secret";
+
+/// App id -> app secret, shared by every clone (the secret learned by one connection's registration
+/// is used by all).
+#[derive(Clone, Default)]
+pub struct AppSecrets(Arc<Mutex<HashMap<String, String>>>);
+
+impl AppSecrets {
+    pub fn get(&self, app: &str) -> Option<String> {
+        self.0.lock().ok()?.get(app).cloned()
+    }
+
+    pub fn set(&self, app: &str, secret: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(app.to_string(), secret.to_string());
+        }
+    }
+}
+
+impl std::fmt::Debug for AppSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secrets themselves.
+        let apps: Vec<String> = self
+            .0
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        f.debug_struct("AppSecrets").field("apps", &apps).finish()
+    }
+}
+
+/// `err` and its sources, joined: tonic's transport errors keep the useful part (a certificate
+/// problem, a refused connection) in the sources.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -44,10 +102,15 @@ pub enum ClientError {
 
 impl ClientError {
     fn status(what: impl Into<String>, s: Status) -> Self {
+        let mut message = s.message().to_string();
+        if s.code() == Code::Internal && message.contains("h2 protocol error") {
+            // What a plaintext client sees when the server speaks TLS.
+            message.push_str(" (if the server uses TLS, connect with its CA: --tls-ca)");
+        }
         ClientError::Status {
             what: what.into(),
             code: s.code(),
-            message: s.message().to_string(),
+            message,
         }
     }
 
@@ -74,6 +137,14 @@ pub struct ClientOptions {
     pub retry_later_max: u32,
     /// Push stream restarts after transport errors, per map attempt.
     pub stream_restarts_max: u32,
+    /// The server's auth token, sent as `authorization: Bearer <token>` with every call.
+    pub token: Option<String>,
+    /// PEM CA certificate(s): connect over TLS (`https`) and trust only these.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// TLS server name to check the certificate against (default: the host of the address).
+    pub tls_domain: Option<String>,
+    /// Per-app secrets, learned from RegisterShuffle or set beforehand; shared by clones.
+    pub app_secrets: AppSecrets,
 }
 
 impl Default for ClientOptions {
@@ -85,6 +156,10 @@ impl Default for ClientOptions {
             batches_in_flight_max: 4,
             retry_later_max: 3_000,
             stream_restarts_max: 5,
+            token: None,
+            tls_ca_pem: None,
+            tls_domain: None,
+            app_secrets: AppSecrets::default(),
         }
     }
 }
@@ -93,6 +168,8 @@ impl Default for ClientOptions {
 pub struct Client {
     addr: String,
     inner: ShuffleServiceClient<Channel>,
+    /// `Bearer <token>`, checked once at connect.
+    bearer: Option<AsciiMetadataValue>,
     pub options: ClientOptions,
 }
 
@@ -116,24 +193,54 @@ pub struct PushStats {
 
 impl Client {
     pub async fn connect(addr: &str, options: ClientOptions) -> Result<Client> {
+        let connect_err = |message: String| ClientError::Connect {
+            addr: addr.into(),
+            message,
+        };
+        let tls = options.tls_ca_pem.is_some() || addr.starts_with("https://");
         let uri = if addr.contains("://") {
             addr.to_string()
+        } else if tls {
+            format!("https://{addr}")
         } else {
             format!("http://{addr}")
         };
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| ClientError::Connect {
-                addr: addr.into(),
-                message: e.to_string(),
-            })?
+        let bearer = match &options.token {
+            Some(t) => Some(
+                AsciiMetadataValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {
+                    connect_err("the token holds characters not allowed in metadata".into())
+                })?,
+            ),
+            None => None,
+        };
+        let mut endpoint =
+            Endpoint::from_shared(uri.clone()).map_err(|e| connect_err(e.to_string()))?;
+        if tls {
+            let mut cfg = ClientTlsConfig::new();
+            if let Some(ca) = &options.tls_ca_pem {
+                cfg = cfg.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some(d) = &options.tls_domain {
+                cfg = cfg.domain_name(d.clone());
+            }
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| connect_err(format!("TLS settings: {}", error_chain(&e))))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .max_frame_size(1u32 << 20)
             .initial_stream_window_size(8u32 << 20)
             .initial_connection_window_size(32u32 << 20);
-        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
-            addr: addr.into(),
-            message: format!("{e:?}"),
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut message = error_chain(&e);
+            if tls && message.to_ascii_lowercase().contains("certificate") {
+                message.push_str(
+                    " (the server's certificate must be signed by the CA given with --tls-ca)",
+                );
+            }
+            connect_err(message)
         })?;
         let inner = ShuffleServiceClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
@@ -141,12 +248,73 @@ impl Client {
         Ok(Client {
             addr: addr.to_string(),
             inner,
+            bearer,
             options,
         })
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The secret of `app` this client knows (learned from RegisterShuffle, or set).
+    pub fn app_secret(&self, app: &str) -> Option<String> {
+        self.options.app_secrets.get(app)
+    }
+
+    /// Uses `secret` for every later call of `app` (for example one saved by `croupier load`).
+    pub fn set_app_secret(&self, app: &str, secret: &str) {
+        self.options.app_secrets.set(app, secret);
+    }
+
+    /// The token and (for a call naming an app) the app secret, as metadata.
+    pub fn auth_metadata(&self, app: Option<&str>) -> MetadataMap {
+        let mut md = MetadataMap::new();
+        if let Some(b) = &self.bearer {
+            md.insert(TOKEN_HEADER, b.clone());
+        }
+        if let Some(secret) = app.and_then(|a| self.app_secret(a)) {
+            if let Ok(v) = AsciiMetadataValue::try_from(secret) {
+                md.insert(APP_SECRET_HEADER, v);
+            }
+        }
+        md
+    }
+
+    /// `msg` with the token and (for a call naming an app) the app secret.
+    fn request<T>(&self, msg: T, app: Option<&str>) -> Request<T> {
+        let mut r = Request::new(msg);
+        *r.metadata_mut() = self.auth_metadata(app);
+        r
+    }
+
+    /// Registers and returns the whole answer (including the app secret, which is also remembered).
+    pub async fn register_shuffle_full(
+        &self,
+        app: &str,
+        shuffle: u32,
+        num_maps: u32,
+        num_partitions: u32,
+    ) -> Result<pb::RegisterShuffleResponse> {
+        let r = self
+            .inner
+            .clone()
+            .register_shuffle(self.request(
+                pb::RegisterShuffleRequest {
+                    app_id: app.into(),
+                    shuffle_id: shuffle,
+                    num_maps,
+                    num_partitions,
+                },
+                Some(app),
+            ))
+            .await
+            .map_err(|s| ClientError::status(format!("register app {app} shuffle {shuffle}"), s))?
+            .into_inner();
+        if !r.app_secret.is_empty() {
+            self.set_app_secret(app, &r.app_secret);
+        }
+        Ok(r)
     }
 
     pub async fn register_shuffle(
@@ -156,18 +324,10 @@ impl Client {
         num_maps: u32,
         num_partitions: u32,
     ) -> Result<bool> {
-        let r = self
-            .inner
-            .clone()
-            .register_shuffle(pb::RegisterShuffleRequest {
-                app_id: app.into(),
-                shuffle_id: shuffle,
-                num_maps,
-                num_partitions,
-            })
-            .await
-            .map_err(|s| ClientError::status(format!("register app {app} shuffle {shuffle}"), s))?;
-        Ok(r.into_inner().created)
+        Ok(self
+            .register_shuffle_full(app, shuffle, num_maps, num_partitions)
+            .await?
+            .created)
     }
 
     pub fn pusher(&self, app: &str, shuffle: u32, map_index: u32, attempt_id: u64) -> MapPusher {
@@ -185,13 +345,16 @@ impl Client {
         let r = self
             .inner
             .clone()
-            .commit_map_attempt(pb::CommitMapAttemptRequest {
-                app_id: app.into(),
-                shuffle_id: shuffle,
-                map_index,
-                attempt_id,
-                partitions,
-            })
+            .commit_map_attempt(self.request(
+                pb::CommitMapAttemptRequest {
+                    app_id: app.into(),
+                    shuffle_id: shuffle,
+                    map_index,
+                    attempt_id,
+                    partitions,
+                },
+                Some(app),
+            ))
             .await
             .map_err(|s| {
                 ClientError::status(
@@ -223,10 +386,11 @@ impl Client {
             request.map_start,
             request.map_end
         );
+        let app = request.app_id.clone();
         let mut stream = self
             .inner
             .clone()
-            .fetch(request)
+            .fetch(self.request(request, Some(&app)))
             .await
             .map_err(|s| ClientError::status(&what, s))?
             .into_inner();
@@ -275,10 +439,13 @@ impl Client {
         let r = self
             .inner
             .clone()
-            .unregister_shuffle(pb::UnregisterShuffleRequest {
-                app_id: app.into(),
-                shuffle_id: shuffle,
-            })
+            .unregister_shuffle(self.request(
+                pb::UnregisterShuffleRequest {
+                    app_id: app.into(),
+                    shuffle_id: shuffle,
+                },
+                Some(app),
+            ))
             .await
             .map_err(|s| {
                 ClientError::status(format!("unregister app {app} shuffle {shuffle}"), s)
@@ -290,7 +457,9 @@ impl Client {
         let r = self
             .inner
             .clone()
-            .unregister_app(pb::UnregisterAppRequest { app_id: app.into() })
+            .unregister_app(
+                self.request(pb::UnregisterAppRequest { app_id: app.into() }, Some(app)),
+            )
             .await
             .map_err(|s| ClientError::status(format!("unregister app {app}"), s))?;
         Ok(r.into_inner().existed)
@@ -300,7 +469,7 @@ impl Client {
         let r = self
             .inner
             .clone()
-            .heartbeat(pb::HeartbeatRequest { app_id: app.into() })
+            .heartbeat(self.request(pb::HeartbeatRequest { app_id: app.into() }, Some(app)))
             .await
             .map_err(|s| ClientError::status(format!("heartbeat app {app}"), s))?;
         Ok(r.into_inner().known)
@@ -310,13 +479,14 @@ impl Client {
         let r = self
             .inner
             .clone()
-            .get_server_status(pb::GetServerStatusRequest {})
+            .get_server_status(self.request(pb::GetServerStatusRequest {}, None))
             .await
             .map_err(|s| ClientError::status("server status", s))?;
         Ok(r.into_inner())
     }
 
-    /// The raw generated client, for tests that need to send malformed requests.
+    /// The raw generated client, for tests that need to send malformed requests. It adds no
+    /// metadata: use [`Client::auth_metadata`] for a server with a token or app secrets.
     pub fn raw(&self) -> ShuffleServiceClient<Channel> {
         self.inner.clone()
     }
@@ -525,7 +695,10 @@ impl MapPusher {
             .client
             .inner
             .clone()
-            .push(ReceiverStream::new(rx))
+            .push(
+                self.client
+                    .request(ReceiverStream::new(rx), Some(&self.app)),
+            )
             .await
             .map_err(|s| ClientError::status(self.what(), s))?
             .into_inner();

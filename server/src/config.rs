@@ -67,6 +67,22 @@ pub struct Config {
     pub maps_max: u32,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace_ms: u64,
+    /// File holding the shared-secret token every RPC must carry (`authorization: Bearer <token>`);
+    /// also required by the admin POST endpoints. Unset: no token is required.
+    pub auth_token_file: Option<PathBuf>,
+    /// Issue a per-app secret at registration and require it (`x-croupier-app-secret`) on every
+    /// per-app RPC. Always on when `auth_token_file` is set.
+    pub app_secrets: bool,
+    /// Key from which app secrets are derived (HMAC-SHA256); created on first use. Unset: the file
+    /// `croupier-server.key` in the first data dir.
+    pub app_secret_key_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the gRPC and admin listeners (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Bytes one app may hold on this server (buffered plus on disk); 0: unlimited.
+    #[serde(deserialize_with = "de_size")]
+    pub app_quota_bytes: u64,
     /// Free space kept on every disk: writes that would go below it are refused with "no space", and a
     /// disk below it takes no new shuffles.
     #[serde(deserialize_with = "de_size")]
@@ -99,6 +115,12 @@ impl Default for Config {
             partitions_max: 1 << 20,
             maps_max: 1 << 22,
             shutdown_grace_ms: 30_000,
+            auth_token_file: None,
+            app_secrets: false,
+            app_secret_key_file: None,
+            tls_cert: None,
+            tls_key: None,
+            app_quota_bytes: 0,
             disk_reserve_bytes: 256 << 20,
             disk_probe_interval_ms: 5_000,
             disk_probe_timeout_ms: 10_000,
@@ -109,6 +131,11 @@ impl Default for Config {
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Per-app secrets are enforced: asked for, or implied by the auth token.
+    pub fn app_secrets_enforced(&self) -> bool {
+        self.app_secrets || self.auth_token_file.is_some()
     }
 
     /// Largest message the server sends: a fetch chunk, or one block of the largest push message.
@@ -157,6 +184,9 @@ impl Config {
         }
         if self.app_lease_timeout_ms < 100 {
             return Err("app_lease_timeout_ms: must be at least 100".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key: set both (TLS on) or neither (TLS off)".into());
         }
         Ok(())
     }

@@ -13,15 +13,21 @@
 //!   - [`store::recovery`]: rebuilding shuffles from disk at startup.
 //! - [`server`]: listeners, background tasks, shutdown; [`admin`]: metrics, health, status over HTTP.
 //! - [`inspect`]: offline check of a data dir; [`config`]: settings and their limits.
+//! - [`auth`]: the auth token and per-app secrets; [`quota`]: per-app stored-bytes quota; [`tls`]: TLS
+//!   for both listeners; [`admin_client`]: the HTTP client of `croupier admin`.
 //!
 //! The on-disk format is specified in `docs/FORMAT.md`, the protocol in `docs/PROTOCOL.md`.
 
 pub mod admin;
+pub mod admin_client;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod format;
 pub mod ids;
 pub mod inspect;
+pub mod quota;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;

@@ -1,20 +1,31 @@
-//! Running a server: binds the gRPC and admin listeners, starts the background tasks (memory flusher,
-//! lease reaper), serves until the shutdown future resolves, then drains and syncs.
+//! Running a server: binds the gRPC and admin listeners (TLS when configured), starts the background
+//! tasks (memory flusher, lease reaper, gRPC health), serves until the shutdown future resolves, then
+//! drains and syncs.
 
+use crate::auth::Auth;
 use crate::config::Config;
-use crate::service::Service;
+use crate::quota::Quota;
+use crate::service::{token_interceptor, Service};
 use crate::store::Store;
+use crate::tls::{TlsFiles, TlsListener};
 use croupier_proto::v1::shuffle_service_server::ShuffleServiceServer;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
 
 /// HTTP/2 frame size: 1 MiB frames halve the CPU cost of moving large messages (measured on loopback).
 pub const HTTP2_FRAME_BYTES: u32 = 1 << 20;
 pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
 pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+
+/// How often the gRPC health status is brought in line with readiness.
+const HEALTH_PERIOD: Duration = Duration::from_millis(250);
 
 pub async fn run(
     config: Config,
@@ -30,6 +41,10 @@ pub async fn run(
         .map_err(|e| format!("installing the metrics recorder: {e}"))
         .ok();
     let store = Store::open(config.clone())?;
+    crate::tls::install_provider();
+    let tls = TlsFiles::load(&config)?;
+    let auth = Arc::new(Auth::from_config(&config)?);
+    let quota = Quota::new(config.app_quota_bytes);
     let grpc = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", config.listen))?;
@@ -40,35 +55,79 @@ pub async fn run(
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
     // One line on stdout that scripts and tests can wait for.
     println!("croupier serving grpc={grpc_addr} admin={admin_addr}");
-    tracing::info!(%grpc_addr, %admin_addr, data_dirs = ?config.data_dirs, "serving");
+    tracing::info!(
+        %grpc_addr,
+        %admin_addr,
+        data_dirs = ?config.data_dirs,
+        tls = tls.is_some(),
+        token = auth.token_required(),
+        app_secrets = auth.app_secrets_enforced(),
+        app_quota_bytes = config.app_quota_bytes,
+        "serving"
+    );
 
     spawn_background(store.clone());
-    let admin_router = crate::admin::router(store.clone(), prometheus);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin, admin_router).await {
-            tracing::error!(error = %e, "admin server stopped");
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let admin_router = crate::admin::router_with(
+        store.clone(),
+        prometheus,
+        crate::admin::AdminContext {
+            auth: auth.clone(),
+            app_quota_bytes: config.app_quota_bytes,
+            tls: tls.is_some(),
+            shutting_down: shutting_down.clone(),
+        },
+    );
+    match &tls {
+        Some(files) => {
+            let listener = TlsListener::new(admin, files.admin_acceptor()?)
+                .map_err(|e| format!("admin-listen {}: {e}", config.admin_listen))?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, admin_router).await {
+                    tracing::error!(error = %e, "admin server stopped");
+                }
+            });
         }
-    });
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin, admin_router).await {
+                    tracing::error!(error = %e, "admin server stopped");
+                }
+            });
+        }
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let store_for_signal = store.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: refusing new pushes, finishing requests in flight");
+        shutting_down.store(true, Ordering::Release);
         store_for_signal.set_draining(true);
         let _ = stop_tx.send(true);
     });
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    spawn_health(store.clone(), health_reporter, stop_rx.clone()).await;
     let mut stop_rx2 = stop_rx.clone();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let service = ShuffleServiceServer::new(Service::new(store.clone()))
-        .max_decoding_message_size(config.message_bytes_max as usize)
-        .max_encoding_message_size(config.encoding_bytes_max());
-    let serve = tonic::transport::Server::builder()
+    let service =
+        ShuffleServiceServer::new(Service::with_security(store.clone(), auth.clone(), quota))
+            .max_decoding_message_size(config.message_bytes_max as usize)
+            .max_encoding_message_size(config.encoding_bytes_max());
+    let service = InterceptedService::new(service, token_interceptor(auth));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &tls {
+        builder = builder
+            .tls_config(files.grpc())
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+    }
+    let serve = builder
         .max_frame_size(Some(HTTP2_FRAME_BYTES))
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .tcp_nodelay(true)
         .add_service(service)
+        .add_service(health_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
             let mut rx = stop_rx;
             let _ = rx.wait_for(|v| *v).await;
@@ -86,6 +145,50 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// gRPC health (grpc.health.v1): "" is SERVING while the process serves (like `/healthz`);
+/// "croupier.v1.ShuffleService" is SERVING exactly when the server accepts pushes (like `/readyz`).
+async fn spawn_health(
+    store: Arc<Store>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    const NAME: &str = <ShuffleServiceServer<Service> as NamedService>::NAME;
+    let status = |ready: bool| {
+        if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    let mut ready = store.accepting_pushes();
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    reporter.set_service_status(NAME, status(ready)).await;
+    tokio::spawn(async move {
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(HEALTH_PERIOD) => false,
+                _ = stop.wait_for(|v| *v) => true,
+            };
+            if stopping {
+                reporter
+                    .set_service_status(NAME, ServingStatus::NotServing)
+                    .await;
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                return;
+            }
+            let now = store.accepting_pushes();
+            if now != ready {
+                ready = now;
+                reporter.set_service_status(NAME, status(ready)).await;
+            }
+        }
+    });
 }
 
 fn spawn_background(store: Arc<Store>) {

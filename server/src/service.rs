@@ -1,9 +1,13 @@
 //! The gRPC layer: turns `croupier.v1` messages into validated store requests and store results back
 //! into messages. It owns no state beyond one push stream's go-back-N position, and touches no file.
+//! It also enforces per-app secrets ([`Auth`]) and per-app quotas ([`Quota`]); the token of every RPC
+//! is checked before, by [`token_interceptor`].
 
+use crate::auth::Auth;
 use crate::error::StoreError;
 use crate::format::PartitionCount;
 use crate::ids::{AppId, ShuffleKey};
+use crate::quota::Quota;
 use crate::store::shuffle::PushBlock;
 use crate::store::{self, FetchItem, PushResult, Store};
 use croupier_proto::v1 as pb;
@@ -14,15 +18,48 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct Service {
     store: Arc<Store>,
+    auth: Arc<Auth>,
+    quota: Arc<Quota>,
 }
 
 impl Service {
+    /// No token, no app secrets, no quota.
     pub fn new(store: Arc<Store>) -> Self {
-        Service { store }
+        Service::with_security(store, Arc::new(Auth::disabled()), Quota::new(0))
+    }
+
+    pub fn with_security(store: Arc<Store>, auth: Arc<Auth>, quota: Arc<Quota>) -> Self {
+        Service { store, auth, quota }
+    }
+
+    /// The app secret of a registration: an app the server holds must present it; a new app gets it.
+    fn authorize_registration(&self, md: &MetadataMap, app: &AppId) -> Result<String, Status> {
+        let Some(secret) = self.auth.app_secret(app) else {
+            return Ok(String::new());
+        };
+        if !self.auth.check_presented(md, app)? && self.store.heartbeat(app) {
+            self.auth.note_missing_app_secret();
+            return Err(Status::unauthenticated(format!(
+                "app {app} is already registered on this server: send its secret (returned by its first RegisterShuffle) in metadata `{}`",
+                crate::auth::APP_SECRET_HEADER
+            )));
+        }
+        Ok(secret)
+    }
+}
+
+/// The interceptor that checks the auth token of every RPC (a no-op when no token is configured).
+pub fn token_interceptor(
+    auth: Arc<Auth>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |req: Request<()>| {
+        auth.check_token(req.metadata())?;
+        Ok(req)
     }
 }
 
@@ -41,8 +78,9 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::RegisterShuffleRequest>,
     ) -> Result<Response<pb::RegisterShuffleResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         let key = key(&r.app_id, r.shuffle_id)?;
+        let app_secret = self.authorize_registration(&md, &key.app)?;
         let created = self
             .store
             .register_shuffle(key, r.num_maps, r.num_partitions)
@@ -50,6 +88,7 @@ impl ShuffleService for Service {
         Ok(Response::new(pb::RegisterShuffleResponse {
             created,
             lease_timeout_ms: self.store.config.app_lease_timeout_ms,
+            app_secret,
         }))
     }
 
@@ -59,12 +98,16 @@ impl ShuffleService for Service {
         &self,
         request: Request<Streaming<pb::PushBatch>>,
     ) -> Result<Response<Self::PushStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (md, _, mut inbound) = request.into_parts();
         let store = self.store.clone();
+        let auth = self.auth.clone();
+        let quota = self.quota.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             // Go-back-N: after refusing a batch, refuse every later one until it is sent again.
             let mut refused_from: Option<u64> = None;
+            // The app whose secret this stream presented (checked once per app).
+            let mut authorized: Option<String> = None;
             loop {
                 let batch = match inbound.message().await {
                     Ok(Some(b)) => b,
@@ -74,7 +117,20 @@ impl ShuffleService for Service {
                         break;
                     }
                 };
-                let ack = push_batch(&store, batch, &mut refused_from)
+                if authorized.as_deref() != Some(batch.app_id.as_str())
+                    && auth.app_secrets_enforced()
+                {
+                    let checked = AppId::parse(&batch.app_id)
+                        .map_err(Status::from)
+                        .and_then(|app| auth.check_app(&md, &app));
+                    if let Err(status) = checked {
+                        store.note_push_refused("auth");
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    authorized = Some(batch.app_id.clone());
+                }
+                let ack = push_batch(&store, &quota, batch, &mut refused_from)
                     .await
                     .map_err(|e| {
                         store.note_push_refused(e.reason());
@@ -93,8 +149,9 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::CommitMapAttemptRequest>,
     ) -> Result<Response<pb::CommitMapAttemptResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         let key = key(&r.app_id, r.shuffle_id)?;
+        self.auth.check_app(&md, &key.app)?;
         let promised = r
             .partitions
             .iter()
@@ -120,8 +177,9 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         let key = key(&r.app_id, r.shuffle_id)?;
+        self.auth.check_app(&md, &key.app)?;
         let rx = self
             .store
             .fetch(store::FetchRequest {
@@ -187,9 +245,11 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::UnregisterShuffleRequest>,
     ) -> Result<Response<pb::UnregisterShuffleResponse>, Status> {
-        let r = request.into_inner();
+        let (md, _, r) = request.into_parts();
         let key = key(&r.app_id, r.shuffle_id)?;
+        self.auth.check_app(&md, &key.app)?;
         let existed = self.store.unregister_shuffle(&key).await;
+        self.quota.invalidate();
         Ok(Response::new(pb::UnregisterShuffleResponse { existed }))
     }
 
@@ -197,8 +257,11 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::UnregisterAppRequest>,
     ) -> Result<Response<pb::UnregisterAppResponse>, Status> {
-        let app = AppId::parse(&request.into_inner().app_id)?;
+        let (md, _, r) = request.into_parts();
+        let app = AppId::parse(&r.app_id)?;
+        self.auth.check_app(&md, &app)?;
         let existed = self.store.unregister_app(&app).await;
+        self.quota.invalidate();
         Ok(Response::new(pb::UnregisterAppResponse { existed }))
     }
 
@@ -206,7 +269,9 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let app = AppId::parse(&request.into_inner().app_id)?;
+        let (md, _, r) = request.into_parts();
+        let app = AppId::parse(&r.app_id)?;
+        self.auth.check_app(&md, &app)?;
         Ok(Response::new(pb::HeartbeatResponse {
             known: self.store.heartbeat(&app),
             lease_timeout_ms: self.store.config.app_lease_timeout_ms,
@@ -245,6 +310,7 @@ impl ShuffleService for Service {
 
 async fn push_batch(
     store: &Store,
+    quota: &Arc<Quota>,
     batch: pb::PushBatch,
     refused_from: &mut Option<u64>,
 ) -> Result<pb::PushAck, StoreError> {
@@ -275,6 +341,8 @@ async fn push_batch(
             ),
         ));
     }
+    let bytes: u64 = batch.blocks.iter().map(|b| b.data.len() as u64).sum();
+    let reservation = quota.reserve(store, &key.app, bytes)?;
     let blocks = batch
         .blocks
         .into_iter()
@@ -289,7 +357,12 @@ async fn push_batch(
         .push(&key, batch.map_index, batch.attempt_id, blocks)
         .await?
     {
-        PushResult::Accepted { duplicate_blocks } => ack.duplicate_blocks = duplicate_blocks,
+        PushResult::Accepted { duplicate_blocks } => {
+            ack.duplicate_blocks = duplicate_blocks;
+            if let Some(r) = reservation {
+                r.accepted();
+            }
+        }
         PushResult::RetryLater { retry_after_ms } => {
             ack.status = pb::PushStatus::RetryLater as i32;
             ack.retry_after_ms = retry_after_ms;

@@ -12,4 +12,6 @@ mod integrity;
 mod lifecycle;
 mod memory;
 mod model;
+mod ops;
 mod round_trip;
+mod security;
