@@ -72,7 +72,7 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
         1,
         "chunk_bytes_target = \"64KiB\"\nsegment_bytes_max = \"1MiB\"",
     );
-        let mut interrupted = 0;
+    let mut interrupted = 0;
     let mut prev_acked: Vec<u32> = Vec::new();
     // Kill moments spread from "while registering pushes" to "while committing".
     let kill_after_ms = [10u64, 60, 120, 200, 300, 450];
@@ -98,15 +98,19 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
                 }
             }));
         }
-                // Readers of the previous round's shuffle run through the kill too: whatever they receive
+        // Readers of the previous round's shuffle run through the kill too: whatever they receive
         // before the connection drops passes the client's CRC, order and summary checks.
-                let mut readers = Vec::new();
+        let mut readers = Vec::new();
         if let (true, Some(&m)) = (round > 0, prev_acked.first()) {
             for p in 0..8u32 {
                 let client = client.clone();
                 readers.push(tokio::spawn(async move {
                     loop {
-                        if client.fetch(fetch_req("midcrash", round - 1, p..p + 1, m..m + 1)).await.is_err() {
+                        if client
+                            .fetch(fetch_req("midcrash", round - 1, p..p + 1, m..m + 1))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -121,7 +125,7 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
         for t in tasks {
             let _ = t.await;
         }
-                let acked: Vec<u32> = committed.lock().unwrap().clone();
+        let acked: Vec<u32> = committed.lock().unwrap().clone();
         prev_acked = acked.clone();
         eprintln!(
             "round {round}: {} of 24 commits acknowledged before the kill",
