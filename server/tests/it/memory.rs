@@ -5,10 +5,10 @@ use croupier_client::loadgen;
 /// sees the backpressure, and every byte still arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushing_many_times_the_budget_keeps_rss_within_budget_plus_fixed_overhead() {
-    let budget: u64 = 64 << 20;
+    let budget: u64 = 32 << 20;
     let server = TestServer::start(
         1,
-        &format!("memory_budget_bytes = {budget}\nmessage_bytes_max = \"4MiB\"\npush_wait_ms_max = 20\npush_retry_after_ms = 20"),
+        &format!("memory_budget_bytes = {budget}\nmessage_bytes_max = \"4MiB\"\npush_wait_ms_max = 0\nmemory_high_watermark_ratio = 0.9\npush_retry_after_ms = 20"),
     );
     let mut spec = load_spec(&server.grpc, "pressure", 1, 16, 64, 32 << 20, 64 << 10);
     spec.concurrency = 8;

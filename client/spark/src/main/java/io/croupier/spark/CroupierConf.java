@@ -2,6 +2,7 @@ package io.croupier.spark;
 
 import io.croupier.spark.client.AppIds;
 import io.croupier.spark.client.ClientConf;
+import io.croupier.spark.client.CroupierSecurity;
 import io.croupier.spark.client.ServerList;
 import java.util.List;
 import org.apache.spark.SparkConf;
@@ -22,6 +23,12 @@ public final class CroupierConf {
   public static final String FETCH_PREFETCH = "spark.croupier.fetch.prefetchChunks";
   public static final String PUSH_BYPASS_THRESHOLD = "spark.croupier.push.bypassThreshold";
   public static final String HEARTBEAT_INTERVAL = "spark.croupier.heartbeat.interval";
+  /** File holding the servers' auth token (read by the driver and every executor); preferred over the value. */
+  public static final String AUTH_TOKEN_FILE = CroupierSecurity.TOKEN_FILE_KEY;
+  /** The servers' auth token itself (redacted in Spark's UI by the default spark.redaction.regex). */
+  public static final String AUTH_TOKEN = CroupierSecurity.TOKEN_KEY;
+  /** PEM file of the CA that signed the servers' certificates: connect over TLS. */
+  public static final String TLS_CA_FILE = CroupierSecurity.CA_FILE_KEY;
 
   /** Spark's key for the ShuffleDataIO plugin (driver components declare reliable storage). */
   public static final String SHUFFLE_IO_PLUGIN = "spark.shuffle.sort.io.plugin.class";
@@ -40,6 +47,12 @@ public final class CroupierConf {
       return AppIds.sanitize(conf.get(APP_ID));
     }
     return AppIds.sanitize(conf.getAppId());
+  }
+
+  /** Token and TLS settings of this process (from its own SparkConf, on the driver and on executors). */
+  static CroupierSecurity security(SparkConf conf) {
+    return CroupierSecurity.fromConf(conf.get(AUTH_TOKEN_FILE, null), conf.get(AUTH_TOKEN, null),
+        conf.get(TLS_CA_FILE, null));
   }
 
   static ClientConf clientConf(SparkConf conf) {

@@ -8,8 +8,10 @@ import io.croupier.proto.v1.UnregisterAppRequest;
 import io.croupier.proto.v1.UnregisterShuffleRequest;
 import io.croupier.spark.client.ClientConf;
 import io.croupier.spark.client.CroupierClients;
+import io.croupier.spark.client.CroupierSecurity;
 import io.grpc.Status;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.Executors;
@@ -23,6 +25,10 @@ import org.slf4j.LoggerFactory;
  * Driver-side state of one Spark application: registers shuffles on every server, keeps the app's
  * lease alive with a heartbeat thread, unregisters shuffles and the app. One per driver JVM at a time
  * (shared by the ShuffleManager and the ShuffleDriverComponents); replaced when a new SparkContext starts.
+ *
+ * <p>When the servers issue per-app secrets, each server returns its own secret for the app at
+ * registration (every server derives it from its own key); they are kept per server address, sent on every
+ * later call of the app to that server, and passed to the tasks in the shuffle handles.
  */
 final class CroupierDriver {
   private static final Logger LOG = LoggerFactory.getLogger(CroupierDriver.class);
@@ -32,6 +38,8 @@ final class CroupierDriver {
   private final List<String> servers;
   private final ClientConf clientConf;
   private final Set<Integer> shuffles = ConcurrentHashMap.newKeySet();
+  /** Server address -> the app's secret on that server (only servers that issued one). */
+  private final Map<String, String> appSecrets = new ConcurrentHashMap<>();
   private volatile String appId;
   private volatile long leaseMs;
   private ScheduledExecutorService heartbeat;
@@ -65,6 +73,15 @@ final class CroupierDriver {
     return clientConf;
   }
 
+  /** The app's secret on each server, in the order of {@link #servers()} (null entries: none issued). */
+  String[] appSecrets() {
+    String[] out = new String[servers.size()];
+    for (int i = 0; i < out.length; i++) {
+      out[i] = appSecrets.get(servers.get(i));
+    }
+    return out;
+  }
+
   synchronized String appId() {
     if (appId == null) {
       appId = CroupierConf.appId(conf);
@@ -85,19 +102,40 @@ final class CroupierDriver {
       RegisterShuffleRequest req = RegisterShuffleRequest.newBuilder()
           .setAppId(app).setShuffleId(shuffleId).setNumMaps(numMaps).setNumPartitions(numPartitions).build();
       try {
-        RegisterShuffleResponse r = CroupierClients.blocking(s, clientConf).registerShuffle(req);
+        RegisterShuffleResponse r = register(s, req);
         if (r.getLeaseTimeoutMs() > 0) {
           leaseMs = r.getLeaseTimeoutMs();
+        }
+        if (!r.getAppSecret().isEmpty()) {
+          appSecrets.put(s, r.getAppSecret());
         }
       } catch (RuntimeException e) {
         Status st = Status.fromThrowable(e);
         throw new IllegalStateException("Croupier: RegisterShuffle(app=" + app + ", shuffle=" + shuffleId + ", maps="
-            + numMaps + ", partitions=" + numPartitions + ") on server " + s + " failed: " + st.getCode() + ": "
-            + st.getDescription(), e);
+            + numMaps + ", partitions=" + numPartitions + ") on server " + s + " failed: "
+            + CroupierSecurity.describe(st), e);
       }
     }
     shuffles.add(shuffleId);
     startHeartbeat();
+  }
+
+  private RegisterShuffleResponse register(String s, RegisterShuffleRequest req) {
+    String secret = appSecrets.get(s);
+    try {
+      return CroupierClients.blocking(s, clientConf, secret).registerShuffle(req);
+    } catch (RuntimeException e) {
+      if (secret == null || Status.fromThrowable(e).getCode() != Status.Code.PERMISSION_DENIED) {
+        throw e;
+      }
+      // The server no longer accepts the secret it gave us: it restarted with a new key (and so lost the
+      // app's data). If it does not hold the app any more, registering without a secret gets the new one;
+      // if it does (another app with our id), this fails too, with UNAUTHENTICATED.
+      LOG.warn("Croupier: server {} refused app {}'s secret ({}): registering again without it", s, req.getAppId(),
+          CroupierSecurity.describe(Status.fromThrowable(e)));
+      appSecrets.remove(s);
+      return CroupierClients.blocking(s, clientConf, null).registerShuffle(req);
+    }
   }
 
   private synchronized void startHeartbeat() {
@@ -121,7 +159,7 @@ final class CroupierDriver {
     String app = appId();
     for (String s : servers) {
       try {
-        HeartbeatResponse r = CroupierClients.blocking(s, clientConf)
+        HeartbeatResponse r = CroupierClients.blocking(s, clientConf, appSecrets.get(s))
             .withDeadlineAfter(Math.min(clientConf.rpcTimeoutMs, 10_000), TimeUnit.MILLISECONDS)
             .heartbeat(HeartbeatRequest.newBuilder().setAppId(app).build());
         if (!r.getKnown() && !shuffles.isEmpty()) {
@@ -129,7 +167,7 @@ final class CroupierDriver {
               + "its shuffles are gone", s, app);
         }
       } catch (RuntimeException e) {
-        LOG.warn("Croupier: heartbeat to {} failed: {}", s, Status.fromThrowable(e));
+        LOG.warn("Croupier: heartbeat to {} failed: {}", s, CroupierSecurity.describe(Status.fromThrowable(e)));
       }
     }
   }
@@ -141,10 +179,11 @@ final class CroupierDriver {
     String app = appId();
     for (String s : servers) {
       try {
-        CroupierClients.blocking(s, clientConf)
+        CroupierClients.blocking(s, clientConf, appSecrets.get(s))
             .unregisterShuffle(UnregisterShuffleRequest.newBuilder().setAppId(app).setShuffleId(shuffleId).build());
       } catch (RuntimeException e) {
-        LOG.warn("Croupier: UnregisterShuffle({}, {}) on {} failed: {}", app, shuffleId, s, Status.fromThrowable(e));
+        LOG.warn("Croupier: UnregisterShuffle({}, {}) on {} failed: {}", app, shuffleId, s,
+            CroupierSecurity.describe(Status.fromThrowable(e)));
       }
     }
   }
@@ -169,11 +208,11 @@ final class CroupierDriver {
     }
     for (String s : servers) {
       try {
-        CroupierClients.blocking(s, clientConf)
+        CroupierClients.blocking(s, clientConf, appSecrets.get(s))
             .withDeadlineAfter(Math.min(clientConf.rpcTimeoutMs, 10_000), TimeUnit.MILLISECONDS)
             .unregisterApp(UnregisterAppRequest.newBuilder().setAppId(app).build());
       } catch (RuntimeException e) {
-        LOG.warn("Croupier: UnregisterApp({}) on {} failed: {}", app, s, Status.fromThrowable(e));
+        LOG.warn("Croupier: UnregisterApp({}) on {} failed: {}", app, s, CroupierSecurity.describe(Status.fromThrowable(e)));
       }
     }
     shuffles.clear();

@@ -37,6 +37,8 @@ public class CroupierShuffleManager implements BlockingShuffleManager {
     this.conf = conf;
     this.isDriver = isDriver;
     CroupierConf.servers(conf); // fail fast, with a clear message, when the server list is missing or bad
+    // Token and TLS of this process: read here, on the driver and on every executor (never shipped in handles).
+    CroupierClients.configure(CroupierConf.security(conf));
     if (isDriver) {
       String io = conf.get(CroupierConf.SHUFFLE_IO_PLUGIN, null);
       if (io == null || io.equals("org.apache.spark.shuffle.sort.io.LocalDiskShuffleDataIO")) {
@@ -61,8 +63,8 @@ public class CroupierShuffleManager implements BlockingShuffleManager {
     int numMaps = dependency.rdd().getNumPartitions();
     int numPartitions = dependency.partitioner().numPartitions();
     d.registerShuffle(shuffleId, numMaps, numPartitions);
-    return new CroupierShuffleHandle<>(shuffleId, dependency, d.appId(), d.servers(), numMaps, numPartitions,
-        d.clientConf());
+    return new CroupierShuffleHandle<>(shuffleId, dependency, d.appId(), d.servers(), d.appSecrets(), numMaps,
+        numPartitions, d.clientConf());
   }
 
   @Override

@@ -169,8 +169,8 @@ public class CroupierShuffleReader<K, C> implements ShuffleReader<K, C> {
       String server = handle.servers().get(s);
       String what = "Croupier fetch of app " + handle.appId() + " shuffle " + shuffleId + " partitions ["
           + startPartition + ", " + endPartition + ") from server " + server;
-      reads.add(new ServerRead(server, req.build(), new FetchVerifier(what, startPartition, endPartition, attempts,
-          expected), what, anyMap));
+      reads.add(new ServerRead(server, handle.appSecret(s), req.build(),
+          new FetchVerifier(what, startPartition, endPartition, attempts, expected), what, anyMap));
     }
 
     RecordIterator records = new RecordIterator(reads, maps, cc);
@@ -205,14 +205,17 @@ public class CroupierShuffleReader<K, C> implements ShuffleReader<K, C> {
   /** One server's part of the read. */
   private static final class ServerRead {
     final String server;
+    final String appSecret;
     final FetchRequest request;
     final FetchVerifier verifier;
     final String what;
     final MapInfo anyMap;
     FetchStream stream;
 
-    ServerRead(String server, FetchRequest request, FetchVerifier verifier, String what, MapInfo anyMap) {
+    ServerRead(String server, String appSecret, FetchRequest request, FetchVerifier verifier, String what,
+        MapInfo anyMap) {
       this.server = server;
+      this.appSecret = appSecret;
       this.request = request;
       this.verifier = verifier;
       this.what = what;
@@ -245,7 +248,7 @@ public class CroupierShuffleReader<K, C> implements ShuffleReader<K, C> {
       started = true;
       // All servers stream at once; each reads ahead a few chunks while we consume the others.
       for (ServerRead r : reads) {
-        r.stream = new FetchStream(CroupierClients.async(r.server, cc), r.request, r.verifier,
+        r.stream = new FetchStream(CroupierClients.async(r.server, cc, r.appSecret), r.request, r.verifier,
             cc.fetchPrefetchChunks, cc.fetchTimeoutMs, r.what);
       }
     }

@@ -3,6 +3,7 @@ package io.croupier.spark;
 import io.croupier.proto.v1.CommitMapAttemptResponse;
 import io.croupier.spark.client.ClientConf;
 import io.croupier.spark.client.CroupierClients;
+import io.croupier.spark.client.CroupierSecurity;
 import io.croupier.spark.client.FramingOutputStream;
 import io.croupier.spark.client.MapCommitter;
 import io.croupier.spark.client.MapPusher;
@@ -84,8 +85,8 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     String app = handle.appId();
     int shuffleId = handle.shuffleId();
     pusher = new MapPusher(handle.owners(), servers.size(),
-        s -> new PushSession(CroupierClients.async(servers.get(s), cc), servers.get(s), app, shuffleId, mapIndex,
-            attemptId, cc.maxInFlightBatches, cc.ackTimeoutMs, CroupierClients.timer()),
+        s -> new PushSession(CroupierClients.async(servers.get(s), cc, handle.appSecret(s)), servers.get(s), app,
+            shuffleId, mapIndex, attemptId, cc.maxInFlightBatches, cc.ackTimeoutMs, CroupierClients.timer()),
         cc.batchBytes, cc.maxBatchBytes, cc.maxBlockBytes);
 
     long recordsWritten;
@@ -216,13 +217,14 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     ClientConf cc = handle.clientConf();
     return MapCommitter.commit((s, req) -> {
       try {
-        CommitMapAttemptResponse r = CroupierClients.blocking(servers.get(s), cc).commitMapAttempt(req);
+        CommitMapAttemptResponse r = CroupierClients.blocking(servers.get(s), cc, handle.appSecret(s))
+            .commitMapAttempt(req);
         return r;
       } catch (RuntimeException e) {
         Status st = Status.fromThrowable(e);
         throw new IOException("Croupier: CommitMapAttempt(app=" + app + ", shuffle=" + shuffleId + ", map=" + mapIndex
-            + ", attempt=" + attemptId + ") on server " + servers.get(s) + " failed: " + st.getCode() + ": "
-            + st.getDescription(), e);
+            + ", attempt=" + attemptId + ") on server " + servers.get(s) + " failed: " + CroupierSecurity.describe(st),
+            e);
       }
     }, pusher, servers, app, shuffleId, mapIndex, attemptId);
   }

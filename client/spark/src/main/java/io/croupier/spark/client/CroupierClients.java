@@ -3,7 +3,9 @@ package io.croupier.spark.client;
 import io.croupier.proto.v1.ShuffleServiceGrpc;
 import io.grpc.ConnectivityState;
 import io.grpc.ManagedChannel;
+import io.grpc.netty.GrpcSslContexts;
 import io.grpc.netty.NettyChannelBuilder;
+import java.io.File;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
@@ -12,22 +14,74 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 
-/** Process-wide gRPC channels to the Croupier servers, one per address. */
+/**
+ * Process-wide gRPC channels to the Croupier servers, one per address and security settings. The security
+ * settings (token, TLS) are set once per process by {@link #configure}; stubs attach the token and the
+ * app's secret on the given server with an {@link AuthInterceptor}.
+ */
 public final class CroupierClients {
-  private static final Map<String, ManagedChannel> CHANNELS = new ConcurrentHashMap<>();
+  private static final Map<ChannelKey, ManagedChannel> CHANNELS = new ConcurrentHashMap<>();
   private static volatile ScheduledExecutorService timer;
+  private static volatile CroupierSecurity security = CroupierSecurity.NONE;
 
   private CroupierClients() {}
 
+  private static final class ChannelKey {
+    final String server;
+    final CroupierSecurity security;
+
+    ChannelKey(String server, CroupierSecurity security) {
+      this.server = server;
+      this.security = security;
+    }
+
+    @Override
+    public boolean equals(Object o) {
+      return o instanceof ChannelKey && ((ChannelKey) o).server.equals(server)
+          && ((ChannelKey) o).security.equals(security);
+    }
+
+    @Override
+    public int hashCode() {
+      return server.hashCode() * 31 + security.hashCode();
+    }
+  }
+
+  /** Sets the token and TLS settings of this process (the ShuffleManager does, from its SparkConf). */
+  public static void configure(CroupierSecurity s) {
+    security = s == null ? CroupierSecurity.NONE : s;
+  }
+
+  public static CroupierSecurity security() {
+    return security;
+  }
+
   public static ManagedChannel channel(String server, ClientConf conf) {
-    return CHANNELS.computeIfAbsent(server, s -> NettyChannelBuilder
-        .forAddress(ServerList.host(s), ServerList.port(s))
-        .usePlaintext()
+    CroupierSecurity sec = security;
+    return CHANNELS.computeIfAbsent(new ChannelKey(server, sec), k -> newChannel(server, conf, sec));
+  }
+
+  private static ManagedChannel newChannel(String server, ClientConf conf, CroupierSecurity sec) {
+    NettyChannelBuilder b = NettyChannelBuilder
+        .forAddress(ServerList.host(server), ServerList.port(server))
         .maxInboundMessageSize(conf.maxInboundMessageBytes)
         .flowControlWindow(conf.flowControlWindowBytes)
         .keepAliveTime(60, TimeUnit.SECONDS)
-        .keepAliveTimeout(20, TimeUnit.SECONDS)
-        .build());
+        .keepAliveTimeout(20, TimeUnit.SECONDS);
+    if (sec.tls()) {
+      try {
+        // grpc-netty's own (relocated in the shaded jar, with Netty) SSL context: JDK provider, ALPN h2.
+        b.sslContext(GrpcSslContexts.forClient().trustManager(new File(sec.caFile())).build())
+            .useTransportSecurity();
+      } catch (Exception e) {
+        throw new IllegalArgumentException(CroupierSecurity.CA_FILE_KEY + "=" + sec.caFile()
+            + ": cannot use it as the CA of the Croupier servers (a PEM file of CA certificates is expected): " + e,
+            e);
+      }
+    } else {
+      b.usePlaintext();
+    }
+    return b.build();
   }
 
   /**
@@ -69,18 +123,23 @@ public final class CroupierClients {
     }
   }
 
-  public static ShuffleServiceGrpc.ShuffleServiceBlockingStub blocking(String server, ClientConf conf) {
-    return ShuffleServiceGrpc.newBlockingStub(ready(server, conf))
+  /**
+   * A blocking stub with the RPC deadline, sending the token and {@code appSecret} (the secret of the app
+   * the calls name, on this server; null when none is known or needed).
+   */
+  public static ShuffleServiceGrpc.ShuffleServiceBlockingStub blocking(String server, ClientConf conf,
+      String appSecret) {
+    ShuffleServiceGrpc.ShuffleServiceBlockingStub stub = ShuffleServiceGrpc.newBlockingStub(ready(server, conf))
         .withDeadlineAfter(conf.rpcTimeoutMs, TimeUnit.MILLISECONDS);
+    AuthInterceptor auth = AuthInterceptor.of(security, appSecret);
+    return auth == null ? stub : stub.withInterceptors(auth);
   }
 
-  /** A blocking stub without deadline, for long server streams (Fetch). */
-  public static ShuffleServiceGrpc.ShuffleServiceBlockingStub streaming(String server, ClientConf conf) {
-    return ShuffleServiceGrpc.newBlockingStub(ready(server, conf));
-  }
-
-  public static ShuffleServiceGrpc.ShuffleServiceStub async(String server, ClientConf conf) {
-    return ShuffleServiceGrpc.newStub(ready(server, conf));
+  /** An async stub (push and fetch streams), sending the token and {@code appSecret} like {@link #blocking}. */
+  public static ShuffleServiceGrpc.ShuffleServiceStub async(String server, ClientConf conf, String appSecret) {
+    ShuffleServiceGrpc.ShuffleServiceStub stub = ShuffleServiceGrpc.newStub(ready(server, conf));
+    AuthInterceptor auth = AuthInterceptor.of(security, appSecret);
+    return auth == null ? stub : stub.withInterceptors(auth);
   }
 
   /** Shared daemon timer (push retries). */

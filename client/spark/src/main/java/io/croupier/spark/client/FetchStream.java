@@ -100,7 +100,7 @@ public final class FetchStream implements AutoCloseable {
         Throwable t = (Throwable) msg;
         Status st = Status.fromThrowable(t);
         ended = true;
-        throw new FetchException(what + " failed: " + st.getCode() + ": " + st.getDescription(), -1, t);
+        throw new FetchException(what + " failed: " + CroupierSecurity.describe(st), -1, t);
       }
       FetchResponse r = (FetchResponse) msg;
       ClientCallStreamObserver<FetchRequest> c = call;

@@ -106,7 +106,7 @@ public final class PushSession implements BatchSink {
   private IOException failed(String msg, Throwable cause) {
     if (cause instanceof io.grpc.StatusRuntimeException || cause instanceof io.grpc.StatusException) {
       Status st = Status.fromThrowable(cause);
-      return new IOException(what() + " failed: " + st.getCode() + ": " + st.getDescription(), cause);
+      return new IOException(what() + " failed: " + CroupierSecurity.describe(st), cause);
     }
     return new IOException(what() + " failed: " + msg, cause);
   }
