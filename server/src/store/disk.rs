@@ -1,6 +1,6 @@
 //! A data directory (one per disk) and its writer thread.
 //!
-//! Every write to a disk goes through one thread that takes jobs from a bounded queue. It drains all
+//! Every write to a disk goes through one thread that takes jobs from a queue. It drains all
 //! queued jobs at once and handles them as a group: chunks of every job are appended first, then, when
 //! durability is `fsync`, each touched shuffle is synced once, then the commit records are appended and
 //! synced once more, and only then are the jobs answered. Concurrent commits therefore share their
@@ -269,6 +269,11 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
             ));
             continue;
         }
+        if disk.state() == DiskState::Failed || job.shuffle.disk_epoch != disk.epoch() {
+            // The disk failed earlier in this group: nothing more is recorded on it.
+            *res = Err(job.shuffle.lost_error());
+            continue;
+        }
         if job.shuffle.is_deleted() {
             *res = Err(StoreError::NotFound(format!(
                 "{} was unregistered",
@@ -306,7 +311,10 @@ fn admit(job: &WriteJob, disk: &Disk, room: &mut u64) -> Result<()> {
                 + 24 * c.blocks.len() as u64
         })
         .sum::<u64>()
-        + if job.commit.is_some() { 4096 } else { 0 };
+        + job
+            .commit
+            .as_ref()
+            .map_or(0, |c| 64 + 16 * c.partitions.len() as u64);
     if need > *room {
         metrics::counter!("croupier_disk_errors_total", "disk" => disk.root.display().to_string(), "reason" => "no_space")
             .increment(1);

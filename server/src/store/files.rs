@@ -1,7 +1,7 @@
 //! All file I/O of a shuffle directory goes through this module: appending chunks to segment files,
 //! appending index and commit records, syncing, positioned reads, and reading logs back at recovery.
 //!
-//! Appends are vectored (`writev`): a chunk header and the blocks' `Bytes` go to the kernel without being
+//! Appends are positioned and vectored (`pwritev`): a chunk header and the blocks' `Bytes` go to the kernel without being
 //! copied into an intermediate buffer, and many chunks share one system call. A failed append is cut back
 //! (`ftruncate`) to where it began, so a file never keeps a half-written record that a later append
 //! would bury.
@@ -22,7 +22,7 @@ pub const INDEX_FILE: &str = "index.log";
 pub const COMMIT_FILE: &str = "commit.log";
 pub const META_FILE: &str = "shuffle.meta";
 
-/// `writev` takes at most this many slices per call (IOV_MAX on Linux).
+/// `pwritev` takes at most this many slices per call (IOV_MAX on Linux).
 const IOV_MAX: usize = 1024;
 
 pub fn segment_file_name(segment_id: u32) -> String {
@@ -365,8 +365,8 @@ impl ShuffleFiles {
     /// off again (their commits are answered with the error), so a restart cannot replay a commit that
     /// was refused.
     ///
-    /// `cut_on_failure` is false at shutdown in `write` mode, where the records were acknowledged
-    /// already and must stay.
+    /// `cut_on_failure` is false at shutdown (any durability): those records were acknowledged already
+    /// and must stay.
     pub fn sync_commits(&mut self, cut_on_failure: bool) -> Result<()> {
         if !self.commits_unsynced {
             return Ok(());

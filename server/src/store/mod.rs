@@ -96,6 +96,8 @@ pub struct ShuffleSnapshot {
     pub disk_bytes: u64,
     pub disk: String,
     pub damaged: Option<String>,
+    /// True when the shuffle's disk failed after it was placed: its data is gone.
+    pub lost: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -257,6 +259,18 @@ impl Store {
             ));
         }
         let _guard = self.register_lock.lock().await;
+        let lost = self
+            .shuffles
+            .read()
+            .get(&key)
+            .filter(|s| s.is_lost())
+            .cloned();
+        if let Some(lost) = lost {
+            // Its disk failed: the data is gone. A new registration places the shuffle again.
+            tracing::warn!(shuffle = %key, "re-registering a shuffle lost with its disk");
+            self.shuffles.write().remove(&key);
+            self.destroy(lost).await;
+        }
         if let Some(existing) = self.shuffles.read().get(&key).cloned() {
             self.touch(&key.app);
             if existing.num_maps != num_maps || existing.num_partitions != num_partitions {
@@ -378,6 +392,10 @@ impl Store {
             let probe = tokio::task::spawn_blocking(move || files::probe_dir(&d.root));
             match tokio::time::timeout(timeout, probe).await {
                 Ok(Ok(Ok(()))) => disk.probe_succeeded(),
+                Ok(Ok(Err(StoreError::NoSpace(_)))) => {
+                    // A full file system is not a failed disk.
+                    disk.refresh_space();
+                }
                 Ok(Ok(Err(e))) => disk.fail(&format!("probe failed: {e}")),
                 Ok(Err(e)) => disk.fail(&format!("probe task failed: {e}")),
                 Err(_) => disk.fail(&format!(
@@ -697,6 +715,7 @@ impl Store {
                     disk_bytes,
                     disk: s.disk.root.display().to_string(),
                     damaged: s.damaged(),
+                    lost: s.is_lost(),
                 }
             })
             .collect();

@@ -82,6 +82,21 @@ async fn eio_on_write_fails_the_disk_loses_only_its_shuffles_and_the_probe_retur
     );
     let after = load_spec(&server.grpc, "eio", 3, 2, 4, 2 << 20, 64 << 10);
     load_and_verify(after).await;
+    // A lost shuffle registered again is placed again (its maps rerun) rather than staying lost.
+    let status = server.status_json();
+    assert!(
+        status["shuffles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["shuffle_id"] == 2 && s["lost"] == true),
+        "{status}"
+    );
+    assert!(
+        client.register_shuffle("eio", 2, 2, 4).await.unwrap(),
+        "re-registration must create it anew"
+    );
+    load_and_verify(load_spec(&server.grpc, "eio", 2, 2, 4, 2 << 20, 64 << 10)).await;
 
     // The files themselves were never damaged: after a restart the first shuffle verifies again.
     server.restart_plain();
