@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
@@ -128,10 +127,15 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(service)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-            let mut rx = stop_rx;
-            let _ = rx.wait_for(|v| *v).await;
-        });
+        // `tcp_nodelay` above is ignored with a custom incoming (tonic documents it): set it here, or
+        // every small write (acks, commit answers, fetch summaries) waits up to 40 ms (Nagle + delayed ACK).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            async move {
+                let mut rx = stop_rx;
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        );
     tokio::select! {
         r = serve => r.map_err(|e| format!("gRPC server: {e}"))?,
         _ = async {

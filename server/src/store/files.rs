@@ -38,13 +38,15 @@ pub fn parse_segment_file_name(name: &str) -> Option<u32> {
 }
 
 /// A block waiting in memory to be written.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BufferedBlock {
     pub map_index: u32,
     pub attempt_id: u64,
     pub seq: u32,
     pub crc32: u32,
     pub data: Bytes,
+    /// The memory budget of the block's push batch; released when the batch's last block drops.
+    pub charge: std::sync::Arc<super::memory::Charge>,
 }
 
 /// One partition's buffered blocks, to be written as one chunk.

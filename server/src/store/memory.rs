@@ -122,14 +122,35 @@ impl MemoryBudget {
         self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
     }
 
-    /// Bytes written out by a disk writer: no longer queued, no longer held.
+    /// Bytes a disk writer is done with: no longer queued. (They are released when their batch's
+    /// [`Charge`] drops.)
     pub fn written(&self, bytes: u64) {
         let before = self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         assert!(
             before >= bytes,
             "memory budget unqueued more than it queued"
         );
-        self.release(bytes);
+    }
+}
+
+/// The budget held by one accepted push batch. Every buffered block of the batch holds the charge:
+/// a block's bytes are a slice of the batch's receive buffer, which stays allocated until the last of
+/// them is gone, so the whole batch stays charged until its last block is written or dropped.
+pub struct Charge {
+    memory: std::sync::Arc<MemoryBudget>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Wraps bytes already acquired from `memory`.
+    pub fn new(memory: std::sync::Arc<MemoryBudget>, bytes: u64) -> std::sync::Arc<Charge> {
+        std::sync::Arc::new(Charge { memory, bytes })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.memory.release(self.bytes);
     }
 }
 

@@ -431,28 +431,24 @@ impl Store {
                 retry_after_ms: self.config.push_retry_after_ms,
             });
         }
-        let outcome = match shuffle.push(
+        // Dropping the last holder of the charge gives the batch's bytes back: on error, for a batch
+        // of duplicates or a discarded one at once, otherwise when its last block is written.
+        let charge = memory::Charge::new(self.memory.clone(), bytes);
+        let outcome = shuffle.push(
             map_index,
             attempt_id,
             blocks,
             self.config.chunk_bytes_target,
-        ) {
-            Ok(o) => o,
-            Err(e) => {
-                self.memory.release(bytes);
-                return Err(e);
-            }
-        };
+            charge,
+        )?;
         match outcome {
             PushOutcome::MapCommitted(winner) => {
-                self.memory.release(bytes);
                 Ok(PushResult::MapCommitted { attempt_id: winner })
             }
             PushOutcome::Accepted {
                 duplicate_blocks,
                 duplicate_bytes,
             } => {
-                self.memory.release(duplicate_bytes);
                 self.push_bytes_total
                     .fetch_add(bytes - duplicate_bytes, Ordering::Relaxed);
                 self.push_blocks_total
@@ -592,8 +588,7 @@ impl Store {
     }
 
     async fn destroy(&self, shuffle: Arc<Shuffle>) {
-        let freed = shuffle.delete();
-        self.memory.release(freed);
+        shuffle.delete();
         let dir = shuffle.dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = std::fs::remove_dir_all(&dir) {

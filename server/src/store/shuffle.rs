@@ -223,7 +223,8 @@ impl Shuffle {
         self.state.lock().damaged.clone()
     }
 
-    /// Marks the shuffle deleted and drops its buffers; returns the buffered bytes to give back.
+    /// Marks the shuffle deleted and drops its buffers (their charges give the memory back).
+    /// Returns the buffered bytes dropped.
     pub fn delete(&self) -> u64 {
         self.deleted.store(true, Ordering::Release);
         let mut st = self.state.lock();
@@ -313,6 +314,7 @@ impl Shuffle {
         attempt_id: u64,
         blocks: Vec<PushBlock>,
         chunk_bytes_target: u64,
+        charge: Arc<super::memory::Charge>,
     ) -> Result<PushOutcome> {
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -403,6 +405,7 @@ impl Shuffle {
                 seq: b.seq,
                 crc32: b.crc32,
                 data: b.data,
+                charge: charge.clone(),
             });
             buf.bytes += len;
             if buf.bytes >= chunk_bytes_target || buf.blocks.len() >= CHUNK_BLOCKS_MAX {
@@ -719,11 +722,16 @@ impl Shuffle {
                     blocks: 0,
                     bytes: 0,
                 };
-                for pc in &r.partitions {
-                    if partitions.contains(&pc.partition_id) {
-                        s.blocks += u64::from(pc.blocks);
-                        s.bytes += pc.bytes;
-                    }
+                // The record's partitions are sorted by id (begin_commit sorts them).
+                let lo = r
+                    .partitions
+                    .partition_point(|c| c.partition_id < partitions.start);
+                let hi = r
+                    .partitions
+                    .partition_point(|c| c.partition_id < partitions.end);
+                for pc in &r.partitions[lo..hi] {
+                    s.blocks += u64::from(pc.blocks);
+                    s.bytes += pc.bytes;
                 }
                 summary.push(s);
             }

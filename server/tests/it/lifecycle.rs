@@ -69,3 +69,55 @@ async fn sigterm_exits_zero_and_committed_data_survives_the_restart() {
     spec.server = server.grpc.clone();
     assert_verified(&spec).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_running_load_exits_zero_and_keeps_every_acknowledged_commit() {
+    let mut server = TestServer::start(
+        1,
+        "shutdown_grace_ms = 2000\nchunk_bytes_target = \"256KiB\"",
+    );
+    let spec = load_spec(&server.grpc, "busy", 1, 24, 8, 2 << 20, 32 << 10);
+    let client = server.client().await;
+    client.register_shuffle("busy", 1, 24, 8).await.unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(3));
+    let mut tasks = Vec::new();
+    for map in 0..24u32 {
+        let (client, spec, acked, gate) =
+            (client.clone(), spec.clone(), acked.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            if loadgen::push_map(&client, &spec, map).await.is_ok() {
+                acked.lock().unwrap().push(map);
+            }
+        }));
+    }
+    // Let some maps commit, then stop the server in the middle of the load.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "no commit happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = server.sigterm_and_wait();
+    assert_eq!(status.code(), Some(0), "log: {}", server.log());
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked: Vec<u32> = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() < 24,
+        "the load finished before the signal: nothing was tested"
+    );
+    server.restart();
+    let client = server.client().await;
+    for map in acked {
+        let (blocks, summary) = client
+            .fetch(fetch_req("busy", 1, 0..8, map..map + 1))
+            .await
+            .unwrap();
+        assert_eq!(summary.total_bytes, 2 << 20, "map {map}");
+        assert!(blocks
+            .iter()
+            .all(|b| b.attempt_id == spec.attempt_base + u64::from(map)));
+    }
+}

@@ -1,0 +1,115 @@
+//! The disk baseline: a plain sequential write of the same number of bytes into a new file beside the
+//! server's data dir, in writes of the server's chunk size, with the same durability (`fsync`: one
+//! `fdatasync` at the end, included in the time; `write`: done when the last write returns, like a
+//! `write`-durability commit).
+//!
+//! Same disk state: croupier writes every shuffle into newly created segment files, and the benchmark
+//! deletes them after each repetition (the root file system is mounted with `discard`, so freed blocks go
+//! back to the host). The baseline therefore also writes a newly created file, in the same directory
+//! tree, and deletes it afterwards: both see freshly allocated blocks. Dirty pages left by a `write`
+//! phase are flushed outside the timed window, so they do not slow the next phase.
+//!
+//! Same memory state: on this kind of VM the first touch of a guest page that was free costs ~10x a
+//! touch of a recycled one (a fresh 1 GiB memcpy ran at 0.5-0.8 GiB/s, a repeated one at 6-7.5 GiB/s),
+//! and a buffered write allocates page-cache pages. Whichever phase ran right after another one freed its
+//! pages would write faster. So before each timed write phase (this baseline and the croupier push),
+//! [`prime`] writes the same number of bytes to a scratch file and deletes it, untimed: both phases start
+//! right after the same amount of page cache was freed.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// Payload source: this many pseudo-random bytes, written cyclically.
+pub const POOL_BYTES: usize = 64 << 20;
+
+pub fn pool() -> Vec<u8> {
+    let mut pool = vec![0u8; POOL_BYTES];
+    croupier_client::datagen::ByteStream::new(0xD15C, 0, 0).fill(&mut pool);
+    pool
+}
+
+pub struct DiskResult {
+    pub bytes: u64,
+    pub seconds: f64,
+    /// CPU time of the writing thread within the timed window (the kernel's copy into the page cache).
+    pub cpu_seconds: f64,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Writes `bytes` to a new file at `path` and deletes it (untimed, not synced: the dirty pages are simply
+/// dropped), leaving that much freed page cache for the phase that follows.
+pub fn prime(path: &Path, bytes: u64, pool: &[u8]) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(err)?;
+    let mut left = bytes;
+    let mut at = 0usize;
+    while left > 0 {
+        let n = (left.min(4 << 20) as usize).min(pool.len() - at);
+        file.write_all(&pool[at..at + n]).map_err(err)?;
+        left -= n as u64;
+        at = (at + n) % pool.len();
+    }
+    drop(file);
+    std::fs::remove_file(path).map_err(err)
+}
+
+/// Writes `bytes` to a new file at `path` in `write_bytes` pieces; `fsync` adds one fdatasync at the end.
+/// The file is deleted before returning.
+pub fn sequential_write(
+    path: &Path,
+    bytes: u64,
+    write_bytes: usize,
+    fsync: bool,
+    pool: &[u8],
+) -> Result<DiskResult, String> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let write_bytes = write_bytes.clamp(4096, pool.len());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(err)?;
+    let started = Instant::now();
+    let cpu_started = thread_cpu_seconds();
+    let mut left = bytes;
+    let mut at = 0usize;
+    while left > 0 {
+        let n = (left.min(write_bytes as u64) as usize).min(pool.len() - at);
+        file.write_all(&pool[at..at + n]).map_err(err)?;
+        left -= n as u64;
+        at = (at + n) % pool.len();
+    }
+    if fsync {
+        file.sync_data().map_err(err)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = thread_cpu_seconds() - cpu_started;
+    if !fsync {
+        // Outside the timed window: keep this write-back out of the next phase.
+        file.sync_data().map_err(err)?;
+    }
+    drop(file);
+    std::fs::remove_file(path).map_err(err)?;
+    Ok(DiskResult {
+        bytes,
+        seconds,
+        cpu_seconds,
+    })
+}
