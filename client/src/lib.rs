@@ -418,7 +418,16 @@ impl Client {
                     check
                         .finish(&summary)
                         .map_err(|e| ClientError::Corrupt(format!("{what}: {e}")))?;
-                    return Ok(summary);
+                    // Read the end of the stream (its trailers) instead of resetting it.
+                    match stream.message().await {
+                        Ok(None) => return Ok(summary),
+                        Ok(Some(_)) => {
+                            return Err(ClientError::Protocol(format!(
+                                "{what}: data after the summary"
+                            )))
+                        }
+                        Err(s) => return Err(ClientError::status(&what, s)),
+                    }
                 }
                 None => return Err(ClientError::Protocol(format!("{what}: empty message"))),
             }
