@@ -39,20 +39,26 @@ pub const TOKEN_HEADER: &str = "authorization";
 /// Metadata carrying the app's secret.
 pub const APP_SECRET_HEADER: &str = "x-croupier-app-secret";
 
-/// App id -> app secret, shared by every clone (the secret learned by one connection's registration
-/// is used by all).
+/// (server address, app id) -> app secret, shared by every clone (the secret learned by one
+/// connection's registration is used by all connections to that server). Each server derives its own
+/// secrets, so one set of options can serve clients of several servers.
 #[derive(Clone, Default)]
 pub struct AppSecrets(Arc<Mutex<HashMap<String, String>>>);
 
 impl AppSecrets {
-    pub fn get(&self, app: &str) -> Option<String> {
-        self.0.lock().ok()?.get(app).cloned()
+    /// The secret of `app` on the server at `server` (the address the client connected to).
+    pub fn get(&self, server: &str, app: &str) -> Option<String> {
+        self.0.lock().ok()?.get(&Self::key(server, app)).cloned()
     }
 
-    pub fn set(&self, app: &str, secret: &str) {
+    pub fn set(&self, server: &str, app: &str, secret: &str) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert(app.to_string(), secret.to_string());
+            m.insert(Self::key(server, app), secret.to_string());
         }
+    }
+
+    fn key(server: &str, app: &str) -> String {
+        format!("{server}/{app}")
     }
 }
 
@@ -259,12 +265,12 @@ impl Client {
 
     /// The secret of `app` this client knows (learned from RegisterShuffle, or set).
     pub fn app_secret(&self, app: &str) -> Option<String> {
-        self.options.app_secrets.get(app)
+        self.options.app_secrets.get(&self.addr, app)
     }
 
     /// Uses `secret` for every later call of `app` (for example one saved by `croupier load`).
     pub fn set_app_secret(&self, app: &str, secret: &str) {
-        self.options.app_secrets.set(app, secret);
+        self.options.app_secrets.set(&self.addr, app, secret);
     }
 
     /// The token and (for a call naming an app) the app secret, as metadata.

@@ -313,7 +313,7 @@ fn options(t: &Target, batch_bytes: Option<u64>) -> Result<ClientOptions, String
     }
     if let Some(path) = &t.app_secret_file {
         match std::fs::read_to_string(path) {
-            Ok(text) => o.app_secrets.set(&t.app, text.trim()),
+            Ok(text) => o.app_secrets.set(&t.server, &t.app, text.trim()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("--app-secret-file {}: {e}", path.display())),
         }
@@ -323,7 +323,8 @@ fn options(t: &Target, batch_bytes: Option<u64>) -> Result<ClientOptions, String
 
 /// Writes the app secret `load` learned, if asked to and the file does not exist yet.
 fn save_app_secret(t: &Target, o: &ClientOptions) -> Result<(), String> {
-    let (Some(path), Some(secret)) = (&t.app_secret_file, o.app_secrets.get(&t.app)) else {
+    let (Some(path), Some(secret)) = (&t.app_secret_file, o.app_secrets.get(&t.server, &t.app))
+    else {
         return Ok(());
     };
     if path.exists() {

@@ -173,7 +173,11 @@ async fn another_apps_secret_can_neither_read_push_commit_nor_delete_the_victims
     let mut victim = load_spec(&server.grpc, "victim", 1, 3, 4, 1 << 20, 64 << 10);
     victim.options = options(Some(TOKEN));
     loadgen::load(victim.clone()).await.unwrap();
-    let victim_secret = victim.options.app_secrets.get("victim").expect("learned");
+    let victim_secret = victim
+        .options
+        .app_secrets
+        .get(&victim.server, "victim")
+        .expect("learned");
     assert_eq!(victim_secret.len(), 64);
     // A second shuffle of the victim with an uncommitted map, which an intruder might try to commit.
     let vc = Client::connect(&server.grpc, victim.options.clone())
@@ -288,7 +292,11 @@ async fn app_secrets_without_a_token_survive_a_restart() {
     let mut server = TestServer::start(1, "app_secrets = true");
     let mut spec = load_spec(&server.grpc, "durable", 1, 2, 3, 512 << 10, 64 << 10);
     loadgen::load(spec.clone()).await.unwrap();
-    let secret = spec.options.app_secrets.get("durable").expect("learned");
+    let secret = spec
+        .options
+        .app_secrets
+        .get(&spec.server, "durable")
+        .expect("learned");
     server.restart();
     spec.server = server.grpc.clone();
     // A fresh client that knows nothing is refused; the saved secret still opens the app.
@@ -304,7 +312,9 @@ async fn app_secrets_without_a_token_survive_a_restart() {
         Code::Unauthenticated
     );
     spec.options = ClientOptions::default();
-    spec.options.app_secrets.set("durable", &secret);
+    spec.options
+        .app_secrets
+        .set(&spec.server, "durable", &secret);
     assert_intact(&spec).await;
     let c = Client::connect(&server.grpc, spec.options.clone())
         .await
