@@ -288,6 +288,8 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
         sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_commits(true));
     }
     for (job, res) in jobs.iter_mut().zip(results) {
+        // Drop the written blocks first: their batches' memory is released before anyone hears back.
+        job.chunks.clear();
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(res);
         } else if let Err(e) = res {
