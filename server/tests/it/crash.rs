@@ -75,8 +75,21 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
     let mut interrupted = 0;
     let mut prev_acked: Vec<u32> = Vec::new();
     // Kill moments spread from "while registering pushes" to "while committing".
-    let kill_after_ms = [10u64, 60, 120, 200, 300, 450];
-    for round in 0..kill_after_ms.len() as u32 {
+    // When to kill: after a fixed time (during the first pushes), or once some commits were
+    // acknowledged (between commits, whatever the machine's speed).
+    enum Kill {
+        AfterMs(u64),
+        AfterCommits(usize),
+    }
+    let kills = [
+        Kill::AfterMs(10),
+        Kill::AfterMs(60),
+        Kill::AfterCommits(2),
+        Kill::AfterCommits(7),
+        Kill::AfterCommits(15),
+        Kill::AfterMs(200),
+    ];
+    for round in 0..kills.len() as u32 {
         let spec = load_spec(&server.grpc, "midcrash", round, 24, 8, 2 << 20, 10_000);
         let client = server.client().await;
         client
@@ -117,7 +130,15 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
                 }));
             }
         }
-        tokio::time::sleep(Duration::from_millis(kill_after_ms[round as usize])).await;
+        match kills[round as usize] {
+            Kill::AfterMs(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Kill::AfterCommits(n) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while committed.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
         server.kill9();
         for r in readers {
             let _ = r.await;
