@@ -352,3 +352,45 @@ pub fn fetch_req(
         ..Default::default()
     }
 }
+
+/// Runs `croupier inspect DIR`: (no damage found, its stdout).
+pub fn inspect_dir(dir: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
+        .arg("inspect")
+        .arg(dir)
+        .output()
+        .expect("run inspect");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// Compares one map's fetched blocks (all partitions of `spec`) with the data `load` generated for it.
+pub fn assert_map_bytes(
+    spec: &croupier_client::loadgen::LoadSpec,
+    map: u32,
+    blocks: &[croupier_client::proto::FetchedBlock],
+    case: &str,
+) {
+    use croupier_client::datagen::{partition_bytes, ByteStream};
+    assert!(
+        blocks
+            .iter()
+            .all(|b| b.map_index == map && b.attempt_id == spec.attempt_base + u64::from(map)),
+        "{case}: map {map} served blocks of another map or attempt"
+    );
+    for p in 0..spec.partitions {
+        let got: Vec<u8> = blocks
+            .iter()
+            .filter(|b| b.partition_id == p)
+            .flat_map(|b| b.data.iter().copied())
+            .collect();
+        let mut want = vec![0u8; partition_bytes(spec.bytes_per_map, spec.partitions, p) as usize];
+        ByteStream::new(spec.seed, map, p).fill(&mut want);
+        assert!(
+            got == want,
+            "{case}: map {map} partition {p} differs from what was pushed"
+        );
+    }
+}

@@ -3,10 +3,8 @@
 //! other shuffles stay readable.
 
 use crate::common::*;
-use croupier_client::datagen::{partition_bytes, ByteStream};
 use croupier_client::loadgen;
 use std::path::Path;
-use std::process::Command;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -18,18 +16,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dst).unwrap();
         }
     }
-}
-
-fn inspect(dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
-        .arg("inspect")
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    )
 }
 
 /// Fetches every map of the damaged shuffle one by one: each either fails or is exactly right.
@@ -48,20 +34,7 @@ async fn assert_never_wrong(server: &TestServer, spec: &loadgen::LoadSpec, case:
         else {
             continue;
         };
-        for p in 0..spec.partitions {
-            let got: Vec<u8> = blocks
-                .iter()
-                .filter(|b| b.partition_id == p)
-                .flat_map(|b| b.data.iter().copied())
-                .collect();
-            let mut want =
-                vec![0u8; partition_bytes(spec.bytes_per_map, spec.partitions, p) as usize];
-            ByteStream::new(spec.seed, map, p).fill(&mut want);
-            assert!(
-                got == want,
-                "{case}: map {map} partition {p} was served with wrong bytes"
-            );
-        }
+        assert_map_bytes(spec, map, &blocks, case);
         served += 1;
     }
     served
@@ -113,7 +86,7 @@ async fn every_flip_and_truncation_is_detected_and_never_served() {
                 copy_dir(&pristine, &dir);
                 std::fs::write(dir.join(file), &damaged).unwrap();
 
-                let (clean, report) = inspect(&dir);
+                let (clean, report) = inspect_dir(&dir);
                 if !truncate {
                     // Every byte of every file is covered by a checksum.
                     assert!(!clean, "{case}: not detected by inspect");

@@ -1,7 +1,6 @@
 use crate::common::*;
 use bytes::Bytes;
 use croupier_client::loadgen;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::Code;
@@ -154,13 +153,8 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
         );
         interrupted += u32::from(!acked.is_empty() && acked.len() < 24);
         // Offline check: no damage (torn tails are allowed: restart cuts them).
-        let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
-            .arg("inspect")
-            .arg(&server.dirs[0])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "round {round}: {stdout}");
+        let (clean, report) = inspect_dir(&server.dirs[0]);
+        assert!(clean, "round {round}: {report}");
         server.restart();
         // Every acknowledged commit is served byte for byte; unacknowledged maps are either fully
         // committed (the ack was lost in the kill) or absent.
@@ -170,7 +164,7 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
             match client.fetch(req).await {
                 Ok((blocks, summary)) => {
                     assert_eq!(summary.total_bytes, 2 << 20, "round {round} map {map}");
-                    assert_map_bytes(&spec, map, &blocks);
+                    assert_map_bytes(&spec, map, &blocks, &format!("round {round}"));
                 }
                 Err(e) => {
                     assert!(
@@ -186,29 +180,4 @@ async fn kill_9_during_pushes_and_commits_leaves_no_unreadable_state() {
         interrupted > 0,
         "no round was killed between the first and the last commit"
     );
-}
-
-/// Compares one map's fetched blocks (all partitions) with the data `load` generates for it.
-fn assert_map_bytes(
-    spec: &loadgen::LoadSpec,
-    map: u32,
-    blocks: &[croupier_client::proto::FetchedBlock],
-) {
-    use croupier_client::datagen::{partition_bytes, ByteStream};
-    for p in 0..spec.partitions {
-        let got: Vec<u8> = blocks
-            .iter()
-            .filter(|b| b.partition_id == p)
-            .flat_map(|b| b.data.iter().copied())
-            .collect();
-        assert!(blocks
-            .iter()
-            .all(|b| b.map_index == map && b.attempt_id == spec.attempt_base + u64::from(map)));
-        let mut want = vec![0u8; partition_bytes(spec.bytes_per_map, spec.partitions, p) as usize];
-        ByteStream::new(spec.seed, map, p).fill(&mut want);
-        assert!(
-            got == want,
-            "map {map} partition {p} differs from what was pushed"
-        );
-    }
 }

@@ -21,14 +21,9 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn inspect_ok(dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
-        .arg("inspect")
-        .arg(dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "inspect found damage: {stdout}");
-    stdout
+    let (clean, report) = inspect_dir(dir);
+    assert!(clean, "inspect found damage: {report}");
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

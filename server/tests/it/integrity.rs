@@ -2,7 +2,6 @@ use crate::common::*;
 use crate::round_trip::push_raw;
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,16 +104,8 @@ async fn a_byte_flipped_on_disk_fails_the_fetch_naming_the_file_and_inspect_repo
         .expect("other partition");
     assert_verified(&other).await;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
-        .arg("inspect")
-        .arg(&server.dirs[0])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success(),
-        "inspect must fail on damage: {stdout}"
-    );
+    let (clean, stdout) = inspect_dir(&server.dirs[0]);
+    assert!(!clean, "inspect must fail on damage: {stdout}");
     let damage: Vec<&str> = stdout.lines().filter(|l| l.starts_with("DAMAGE")).collect();
     assert!(
         damage
@@ -137,17 +128,7 @@ async fn inspect_passes_a_healthy_data_dir_and_names_damage_in_each_kind_of_file
         .await
         .expect("load");
     server.sigterm_and_wait();
-    let inspect = |dir: &std::path::Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_croupier"))
-            .arg("inspect")
-            .arg(dir)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
-    };
+    let inspect = inspect_dir;
     let (ok, out) = inspect(&server.dirs[0]);
     assert!(ok, "{out}");
     assert!(out.contains("\"commits\":3"), "{out}");
