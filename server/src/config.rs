@@ -45,6 +45,13 @@ pub struct Config {
     /// A partition buffer is written as one chunk when it reaches this size.
     #[serde(deserialize_with = "de_size")]
     pub chunk_bytes_target: u64,
+    /// Write-behind: a partition buffer holding at least this many bytes is written as soon as its
+    /// disk's writer has less than four `chunk_bytes_target`s queued, instead of waiting to reach
+    /// `chunk_bytes_target` or the map's commit. Data then leaves memory while it is still in the CPU
+    /// caches, and commits find little left to write. 0 turns write-behind off; values above
+    /// `chunk_bytes_target` act as `chunk_bytes_target`.
+    #[serde(deserialize_with = "de_size")]
+    pub write_behind_bytes_min: u64,
     /// Segment files are rolled when they reach this size.
     #[serde(deserialize_with = "de_size")]
     pub segment_bytes_max: u64,
@@ -105,6 +112,7 @@ impl Default for Config {
             push_retry_after_ms: 200,
             message_bytes_max: 8 << 20,
             chunk_bytes_target: 4 << 20,
+            write_behind_bytes_min: 512 << 10,
             segment_bytes_max: 1 << 30,
             fetch_chunk_bytes_max: 4 << 20,
             fetch_streams_max: 64,
@@ -166,6 +174,7 @@ impl Config {
         if self.chunk_bytes_target == 0 || self.chunk_bytes_target > (1 << 30) {
             return Err("chunk_bytes_target: must be within 1 ..= 1GiB".into());
         }
+
         if self.segment_bytes_max < 4096 {
             return Err("segment_bytes_max: must be at least 4KiB".into());
         }

@@ -269,6 +269,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         eprintln!("croupier: invalid configuration: {e}");
         return ExitCode::from(2);
     }
+    croupier_server::server::tune_allocator();
     let rt = runtime();
     let result = rt.block_on(async {
         // Subscribe to SIGTERM before the server announces itself, so that a signal sent right after

@@ -78,6 +78,8 @@ pub struct Disk {
     total_bytes: AtomicU64,
     pub write_errors: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Payload bytes queued for this disk's writer and not yet written (write-behind looks at it).
+    queued_bytes: AtomicU64,
 }
 
 impl Disk {
@@ -101,6 +103,7 @@ impl Disk {
             total_bytes: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
         });
         disk.refresh_space();
         let weak = Arc::downgrade(&disk);
@@ -181,12 +184,20 @@ impl Disk {
     /// Queues a job (never waits; see the module doc for what bounds the queue). On error the job is
     /// dropped, its reply sender with it; the caller gives its bytes back.
     pub fn enqueue(&self, job: WriteJob) -> Result<()> {
+        let bytes = job.payload_bytes();
+        self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.tx.send(job).map_err(|_| {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             StoreError::Unavailable(format!(
                 "the writer of disk {} has stopped",
                 self.root.display()
             ))
         })
+    }
+
+    /// Payload bytes waiting in this disk's queue (or being written right now).
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Acquire)
     }
 
     /// (free bytes, total bytes) of the file system holding this disk, as last read.
@@ -238,7 +249,13 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
         .map(|j| {
             let check = admit(j, disk, &mut room);
             match check {
-                Ok(()) => write_chunks(j, memory, disk),
+                Ok(()) => {
+                    let r = write_chunks(j, memory, disk);
+                    if durability == Durability::Fsync && r.is_ok() && !j.chunks.is_empty() {
+                        j.shuffle.files.lock().start_writeback();
+                    }
+                    r
+                }
                 Err(e) => {
                     memory.written(j.payload_bytes());
                     if !j.chunks.is_empty() {
@@ -249,6 +266,9 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
             }
         })
         .collect();
+    // The chunks are in the kernel's hands (or refused): they no longer hold up write-behind.
+    let group_bytes: u64 = jobs.iter().map(WriteJob::payload_bytes).sum();
+    disk.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
     let fsync = durability == Durability::Fsync;
     if fsync {
         sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_data());

@@ -14,7 +14,6 @@ use crate::format::{
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -64,6 +63,8 @@ struct AppendFile {
     broken: bool,
     /// Length at the last successful sync.
     synced_len: u64,
+    /// Write-back was started (`sync_file_range`) up to here.
+    writeback_len: u64,
 }
 
 impl AppendFile {
@@ -82,7 +83,32 @@ impl AppendFile {
             len,
             broken: false,
             synced_len: len,
+            writeback_len: len,
         })
+    }
+
+    /// Asks the kernel to start writing the bytes appended since the last call, without waiting
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a later `fdatasync` only waits for the tail.
+    /// Purely a hint: an I/O error surfaces in that `fdatasync`.
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let from = self.writeback_len.min(self.len);
+        let len = self.len - from;
+        if len == 0 {
+            return;
+        }
+        // SAFETY: plain syscall on an fd this struct owns; offsets are within the file.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc == 0 {
+            self.writeback_len = self.len;
+        }
     }
 
     fn append(&mut self, slices: &mut [IoSlice<'_>]) -> Result<()> {
@@ -121,6 +147,7 @@ impl AppendFile {
         }
         self.len = len;
         self.synced_len = self.synced_len.min(len);
+        self.writeback_len = self.writeback_len.min(len);
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -350,6 +377,14 @@ impl ShuffleFiles {
         self.commits.append(&mut [IoSlice::new(&bytes)])
     }
 
+    /// Starts write-back of the segment bytes appended since the last call (durability `fsync`):
+    /// the commit's `fdatasync` then finds most of them on their way to the disk already.
+    pub fn start_writeback(&mut self) {
+        if let Some((_, seg)) = self.segment.as_mut() {
+            seg.start_writeback();
+        }
+    }
+
     /// fsyncs the segment and index when they have unsynced appends.
     pub fn sync_data(&mut self) -> Result<()> {
         if !self.unsynced {
@@ -459,18 +494,41 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Reads exactly `len` bytes at `offset`; a file that ends early is corruption, reported with its path.
+/// The buffer is not zeroed first: `pread` fills it (zeroing cost ~5 % of a large fetch's CPU).
 pub fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    match file.read_exact_at(&mut buf, offset) {
-        Ok(()) => Ok(Bytes::from(buf)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(StoreError::DataCorrupted(format!(
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let mut filled = 0usize;
+    while filled < len {
+        let spare = &mut buf.spare_capacity_mut()[..len - filled];
+        // SAFETY: `spare` is writable, uninitialised memory of at least `len - filled` bytes owned by
+        // `buf`; pread writes at most that many bytes into it and reports how many it wrote.
+        let n = unsafe {
+            libc::pread64(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                len - filled,
+                (offset + filled as u64) as libc::off64_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(StoreError::io(path, e));
+        }
+        if n == 0 {
+            return Err(StoreError::DataCorrupted(format!(
                 "{} ends before offset {} + {} bytes",
                 path.display(),
                 offset,
                 len
-            )))
+            )));
         }
-        Err(e) => Err(StoreError::io(path, e)),
+        filled += n as usize;
+        // SAFETY: the first `filled` bytes were written by pread above (n <= requested).
+        unsafe { buf.set_len(filled) };
     }
+    Ok(Bytes::from(buf))
 }

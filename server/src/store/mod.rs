@@ -439,6 +439,7 @@ impl Store {
             attempt_id,
             blocks,
             self.config.chunk_bytes_target,
+            self.config.write_behind_bytes_min,
             charge,
         )?;
         match outcome {

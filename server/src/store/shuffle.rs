@@ -31,6 +31,10 @@ use tokio::sync::{oneshot, Notify};
 /// size of an index record (24 bytes per block).
 pub const CHUNK_BLOCKS_MAX: usize = 65_536;
 
+/// Write-behind (see [`Shuffle::push`]) pauses while the disk's queue holds this many
+/// `chunk_bytes_target`s: a writer that falls behind then gets full-size chunks again.
+pub const WRITE_BEHIND_QUEUE_CHUNKS: u64 = 4;
+
 /// A pushed block, validated (partition in range, CRC matches) but not yet stored.
 pub struct PushBlock {
     pub partition_id: u32,
@@ -307,13 +311,16 @@ impl Shuffle {
     }
 
     /// Stores a validated batch: all of it, or (on error) none of it. Partition buffers that reach
-    /// `chunk_bytes_target` bytes or [`CHUNK_BLOCKS_MAX`] blocks are queued for writing.
+    /// `chunk_bytes_target` bytes or [`CHUNK_BLOCKS_MAX`] blocks are queued for writing; so are
+    /// buffers of at least `write_behind_bytes_min` bytes while the disk's queue holds fewer than
+    /// [`WRITE_BEHIND_QUEUE_CHUNKS`] chunks' worth (write-behind; 0 turns it off).
     pub fn push(
         self: &Arc<Self>,
         map_index: u32,
         attempt_id: u64,
         blocks: Vec<PushBlock>,
         chunk_bytes_target: u64,
+        write_behind_bytes_min: u64,
         charge: Arc<super::memory::Charge>,
     ) -> Result<PushOutcome> {
         let mut guard = self.state.lock();
@@ -387,6 +394,9 @@ impl Shuffle {
         let mut duplicate_bytes = 0;
         let mut accepted_bytes = 0;
         let mut flush = Vec::new();
+        let write_behind = write_behind_bytes_min > 0
+            && self.disk.queued_bytes()
+                < chunk_bytes_target.saturating_mul(WRITE_BEHIND_QUEUE_CHUNKS);
         for (b, keep) in blocks.into_iter().zip(keep) {
             let len = b.data.len() as u64;
             if !keep {
@@ -408,7 +418,10 @@ impl Shuffle {
                 charge: charge.clone(),
             });
             buf.bytes += len;
-            if buf.bytes >= chunk_bytes_target || buf.blocks.len() >= CHUNK_BLOCKS_MAX {
+            if buf.bytes >= chunk_bytes_target
+                || buf.blocks.len() >= CHUNK_BLOCKS_MAX
+                || (write_behind && buf.bytes >= write_behind_bytes_min)
+            {
                 flush.push(take_buffer(buf, b.partition_id));
             }
         }

@@ -266,3 +266,85 @@ pub async fn push_raw(
     }
     out
 }
+
+/// Write-behind: with an idle writer, a partition buffer of `write_behind_bytes_min` bytes goes to
+/// disk right away (before the commit); with write-behind off it waits for the commit. Either way the
+/// uncommitted blocks stay invisible and the committed map reads back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_writes_buffers_before_the_commit_and_off_keeps_them_in_memory() {
+    const PARTITIONS: u32 = 8;
+    const BLOCK_BYTES: usize = 600 << 10;
+    for (write_behind, toml) in [
+        (true, "write_behind_bytes_min = \"512KiB\""),
+        (false, "write_behind_bytes_min = 0"),
+    ] {
+        let server = TestServer::start(1, toml);
+        let client = server.client().await;
+        client
+            .register_shuffle("wb", 1, 1, PARTITIONS)
+            .await
+            .expect("register");
+        let mut pusher = client.pusher("wb", 1, 0, 7);
+        let mut sent: Vec<Bytes> = Vec::new();
+        for p in 0..PARTITIONS {
+            let mut data = vec![0u8; BLOCK_BYTES];
+            ByteStream::new(11, 0, p).fill(&mut data);
+            let data = Bytes::from(data);
+            sent.push(data.clone());
+            pusher.push(p, data).await.expect("push");
+        }
+        pusher.finish().await.expect("pushes acknowledged");
+        let total = BLOCK_BYTES as u64 * u64::from(PARTITIONS);
+        let shuffle_state = || {
+            let s = server.status_json();
+            let sh = &s["shuffles"][0];
+            (
+                sh["buffered_bytes"].as_u64().expect("buffered_bytes"),
+                sh["disk_bytes"].as_u64().expect("disk_bytes"),
+            )
+        };
+        if write_behind {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let (buffered, on_disk) = shuffle_state();
+                if buffered == 0 && on_disk >= total {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "write-behind did not write the buffers: {buffered} bytes buffered, {on_disk} on disk"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        } else {
+            // Nothing but the commit (or memory pressure, far away here) takes these buffers.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert_eq!(shuffle_state(), (total, 0), "write-behind off wrote early");
+        }
+        // Written or not, an uncommitted map is not fetchable.
+        let early = client
+            .fetch(fetch_req("wb", 1, 0..PARTITIONS, 0..1))
+            .await
+            .expect_err("a fetch before the commit must fail");
+        assert_eq!(
+            early.code(),
+            Some(tonic::Code::FailedPrecondition),
+            "{early}"
+        );
+        assert!(
+            early.to_string().contains("no committed attempt"),
+            "{early}"
+        );
+        pusher.commit().await.expect("commit");
+        let (blocks, summary) = client
+            .fetch(fetch_req("wb", 1, 0..PARTITIONS, 0..1))
+            .await
+            .expect("fetch");
+        assert_eq!(blocks.len(), PARTITIONS as usize);
+        for (b, want) in blocks.iter().zip(&sent) {
+            assert_eq!(b.attempt_id, 7);
+            assert!(b.data == *want, "partition {} differs", b.partition_id);
+        }
+        assert_eq!(summary.total_bytes, total);
+    }
+}
