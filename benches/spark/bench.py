@@ -2,7 +2,9 @@
 
 Prints `RESULT {"seconds":..., "shuffle_write_bytes":..., "rows":...}`. Driven by run.sh."""
 import argparse
+import datetime
 import json
+import os
 import time
 import urllib.request
 
@@ -11,11 +13,43 @@ from pyspark.sql import SparkSession
 ROW_BYTES = 124  # 14 longs/doubles in an UnsafeRow (8 null-bit bytes + 14 x 8) + 4 bytes of length prefix
 
 
-def stage_shuffle_write_bytes(sc):
+def completed_stages(sc):
     url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/stages?status=complete"
     with urllib.request.urlopen(url, timeout=10) as r:
-        stages = json.loads(r.read())
-    return sum(s.get("shuffleWriteBytes", 0) for s in stages)
+        return json.loads(r.read())
+
+
+def stage_summary(st):
+    """Seconds of the stage's task metrics (summed over tasks): where the executors' time went."""
+    ns = 1e-9
+    ms = 1e-3
+    out = {
+        "stage": st.get("stageId"),
+        "tasks": st.get("numCompleteTasks"),
+        "wall_s": None,
+        "run_s": round(st.get("executorRunTime", 0) * ms, 2),
+        "cpu_s": round(st.get("executorCpuTime", 0) * ns, 2),
+        "gc_s": round(st.get("jvmGcTime", 0) * ms, 2),
+    }
+    if st.get("submissionTime") and st.get("completionTime"):
+        def parse(t):
+            return datetime.datetime.strptime(t.replace("GMT", ""), "%Y-%m-%dT%H:%M:%S.%f")
+        out["wall_s"] = round((parse(st["completionTime"]) - parse(st["submissionTime"])).total_seconds(), 2)
+    if st.get("shuffleWriteBytes"):
+        out["write_s"] = round(st.get("shuffleWriteTime", 0) * ns, 2)
+    if st.get("shuffleReadBytes"):
+        out["fetch_wait_s"] = round(st.get("shuffleFetchWaitTime", 0) * ms, 2)
+    return out
+
+
+def extra_conf(var):
+    """`k=v;k=v` pairs from an environment variable (for profiling and tuning runs)."""
+    pairs = []
+    for kv in os.environ.get(var, "").split(";"):
+        if kv.strip():
+            k, v = kv.split("=", 1)
+            pairs.append((k.strip(), v.strip()))
+    return pairs
 
 
 def main():
@@ -39,12 +73,18 @@ def main():
         .config("spark.sql.adaptive.enabled", "false")
         .config("spark.sql.shuffle.partitions", str(a.reducers))
     )
+    # BENCH_CONF applies to both modes (e.g. profiler options), BENCH_CROUPIER_CONF to Croupier only
+    # (spark.croupier.* tunables). Neither is set by default.
+    for k, v in extra_conf("BENCH_CONF"):
+        b = b.config(k, v)
     if a.mode == "croupier":
         b = (
             b.config("spark.jars", a.jar)
             .config("spark.shuffle.manager", "io.croupier.spark.CroupierShuffleManager")
             .config("spark.croupier.servers", a.servers)
         )
+        for k, v in extra_conf("BENCH_CROUPIER_CONF"):
+            b = b.config(k, v)
     spark = b.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     sc = spark.sparkContext
@@ -61,10 +101,13 @@ def main():
     out = q.collect()[0]
     seconds = time.time() - t0
     assert out["c"] == rows, (out, rows)
-    write_bytes = stage_shuffle_write_bytes(sc)
+    stages = completed_stages(sc)
+    write_bytes = sum(s.get("shuffleWriteBytes", 0) for s in stages)
     spark.stop()
     print("RESULT " + json.dumps({"seconds": round(seconds, 3), "shuffle_write_bytes": write_bytes, "rows": rows,
-                                  "maps": maps, "reducers": a.reducers}), flush=True)
+                                  "maps": maps, "reducers": a.reducers,
+                                  "stages": [stage_summary(s) for s in sorted(stages, key=lambda s: s["stageId"])]}),
+          flush=True)
 
 
 if __name__ == "__main__":

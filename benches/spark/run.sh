@@ -5,7 +5,11 @@
 #   BENCH {"name": ..., "croupier_seconds": ..., "builtin_seconds": ..., "shuffle_bytes": ...}
 #
 # Env: BENCH_BYTES (default 2684354560), BENCH_REDUCERS (64), BENCH_MASTER (local-cluster[2,1,2048]),
-#      CROUPIER_BIN (default target/release/croupier), PYSPARK_VERSION (4.3.0).
+#      BENCH_RUNS (1: repetitions of both modes, alternating which goes first; medians are reported),
+#      CROUPIER_BIN (default target/release/croupier), PYSPARK_VERSION (4.3.0),
+#      BENCH_JAR (default: the plugin jar in client/spark/target),
+#      BENCH_CONF / BENCH_CROUPIER_CONF (`k=v;k=v` Spark settings for both modes / for Croupier only; unset
+#      by default: the comparison uses the same config except the shuffle manager lines).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV" || exit 2; fi
 if ! "$VENV/bin/python" -c "import pyspark, sys; sys.exit(0 if pyspark.__version__ == '$PYSPARK_VERSION' else 1)" 2>/dev/null; then
   "$VENV/bin/pip" install -q "pyspark==$PYSPARK_VERSION" pytest || exit 2
 fi
-JAR="$(ls "$SPARK_DIR"/target/croupier-spark-*.jar 2>/dev/null | grep -v -e '/original-' -e '-sources.jar' | head -1)"
+JAR="${BENCH_JAR:-$(ls "$SPARK_DIR"/target/croupier-spark-*.jar 2>/dev/null | grep -v -e '/original-' -e '-sources.jar' | head -1)}"
 if [ -z "$JAR" ]; then
   mvn -B -q -f "$SPARK_DIR/pom.xml" package -DskipTests || exit 2
   JAR="$(ls "$SPARK_DIR"/target/croupier-spark-*.jar | grep -v -e '/original-' -e '-sources.jar' | head -1)"
@@ -48,6 +52,11 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
+# CPU seconds (user + system) the server process used so far.
+server_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PID/stat" 2>/dev/null || echo 0
+}
+
 pushed() {
   "$VENV/bin/python" -c "import json, urllib.request; print(json.load(urllib.request.urlopen('http://127.0.0.1:$ADMIN/status'))['push_bytes_total'])"
 }
@@ -60,26 +69,55 @@ run() {
     | grep '^RESULT ' | tail -1 | cut -c8-
 }
 
-BUILTIN="$(run builtin)"
-[ -n "$BUILTIN" ] || { log "builtin run failed:"; tail -30 "$WORK/builtin.err" >&2; exit 1; }
-P0="$(pushed)"
-CROUPIER="$(run croupier)"
-[ -n "$CROUPIER" ] || { log "croupier run failed:"; tail -30 "$WORK/croupier.err" >&2; exit 1; }
-P1="$(pushed)"
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+# One repetition of one mode: its RESULT json plus, for Croupier, the bytes pushed and the server's CPU.
+measure() {
+  local mode="$1" p0 c0 r t0
+  p0="$(pushed)"; c0="$(server_cpu)"; t0="$(date +%s)"
+  r="$(run "$mode")"
+  [ -n "$r" ] || { log "$mode run failed:"; tail -30 "$WORK/$mode.err" >&2; exit 1; }
+  "$VENV/bin/python" -c 'import json, sys
+r = json.loads(sys.argv[2]); r["mode"] = sys.argv[1]
+r["pushed"] = int(sys.argv[5]) - int(sys.argv[3]); r["server_cpu"] = round(float(sys.argv[6]) - float(sys.argv[4]), 2)
+r["t0"], r["t1"] = int(sys.argv[7]), int(sys.argv[8])
+print(json.dumps(r))' "$mode" "$r" "$p0" "$c0" "$(pushed)" "$(server_cpu)" "$t0" "$(date +%s)" >>"$RESULTS"
+}
 
-"$VENV/bin/python" - "$BUILTIN" "$CROUPIER" "$P0" "$P1" "$BYTES" <<'PY'
-import json, sys
-b, c = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-pushed = int(sys.argv[4]) - int(sys.argv[3])
-print("builtin :", b, file=sys.stderr)
-print("croupier:", c, "pushed to server:", pushed, file=sys.stderr)
+# BENCH_RUNS repetitions, alternating which mode goes first (builtin, croupier, croupier, builtin, ...) so
+# that a change in the machine's load during the run hits both modes alike. Medians are reported.
+RUNS="${BENCH_RUNS:-1}"
+for i in $(seq 1 "$RUNS"); do
+  if [ $((i % 2)) -eq 1 ]; then measure builtin; measure croupier; else measure croupier; measure builtin; fi
+done
+
+"$VENV/bin/python" - "$RESULTS" "$BYTES" <<'PY'
+import json, statistics, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+b = [r for r in rs if r["mode"] == "builtin"]
+c = [r for r in rs if r["mode"] == "croupier"]
+for r in rs:
+    name = "%-8s" % r["mode"]
+    print(name + ":", {k: v for k, v in r.items() if k not in ("stages", "mode", "pushed", "server_cpu", "t0", "t1")},
+          file=sys.stderr)
+    for st in r.get("stages", []):
+        print("    stage", st, file=sys.stderr)
+    print("    process from %d to %d" % (r["t0"], r["t1"]), file=sys.stderr)
+    if r["mode"] == "croupier":
+        print("    pushed to the server:", r["pushed"], "bytes; server CPU:", r["server_cpu"], "s", file=sys.stderr)
+med = lambda xs: round(statistics.median(xs), 3)
 print("BENCH " + json.dumps({
-    "name": "spark_repartition_%dMiB" % (int(sys.argv[5]) >> 20),
-    "croupier_seconds": c["seconds"],
-    "builtin_seconds": b["seconds"],
-    "shuffle_bytes": c["shuffle_write_bytes"],
-    "builtin_shuffle_bytes": b["shuffle_write_bytes"],
-    "croupier_pushed_bytes": pushed,
-    "rows": c["rows"],
+    "name": "spark_repartition_%dMiB" % (int(sys.argv[2]) >> 20),
+    "croupier_seconds": med([r["seconds"] for r in c]),
+    "builtin_seconds": med([r["seconds"] for r in b]),
+    "croupier_over_builtin": med([x["seconds"] / y["seconds"] for x, y in zip(c, b)]),
+    "runs": len(c),
+    "croupier_samples": [r["seconds"] for r in c],
+    "builtin_samples": [r["seconds"] for r in b],
+    "shuffle_bytes": c[-1]["shuffle_write_bytes"],
+    "builtin_shuffle_bytes": b[-1]["shuffle_write_bytes"],
+    "croupier_pushed_bytes": c[-1]["pushed"],
+    "croupier_server_cpu_seconds": med([r["server_cpu"] for r in c]),
+    "rows": c[-1]["rows"],
 }))
 PY

@@ -105,3 +105,29 @@ def test_sql_over_1000_partitions(spark):
     for i in range(n):
         expected[i % 5000] += i
     assert {r["k"]: r["sum(v)"] for r in rows} == dict(expected)
+
+
+def _distinct_rows_roundtrip(spark, partitions):
+    """CroupierShuffleManager is a SortShuffleManager, so Spark SQL hands the writer its reused row buffers
+    without copying them: both writer paths must keep every row intact (streaming: serialized at once;
+    sorting, above push.bypassThreshold partitions: copied by the writer before the sorter keeps it)."""
+    n = 60_000
+    with sql_conf(
+        spark,
+        **{"spark.sql.shuffle.partitions": partitions, "spark.sql.adaptive.coalescePartitions.enabled": "false"},
+    ):
+        df = spark.range(0, n, 1, 3).selectExpr("id", "id * 7 AS v", "concat('row-', id) AS s").repartition(
+            partitions, "id"
+        )
+        with ThroughCroupier():
+            rows = df.collect()
+    assert len(rows) == n
+    assert {(r["id"], r["v"], r["s"]) for r in rows} == {(i, i * 7, "row-%d" % i) for i in range(n)}
+
+
+def test_sql_repartition_streaming_path_rows_intact(spark):
+    _distinct_rows_roundtrip(spark, 64)
+
+
+def test_sql_repartition_sorting_path_rows_intact(spark):
+    _distinct_rows_roundtrip(spark, 300)

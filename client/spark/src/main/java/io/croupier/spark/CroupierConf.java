@@ -57,7 +57,7 @@ public final class CroupierConf {
 
   static ClientConf clientConf(SparkConf conf) {
     ClientConf c = new ClientConf();
-    c.blockBytes = conf.getSizeAsBytes(PUSH_BLOCK_SIZE, "1m");
+    c.blockBytes = conf.getSizeAsBytes(PUSH_BLOCK_SIZE, "448k");
     long maxBlock = conf.getSizeAsBytes(PUSH_MAX_BLOCK_SIZE, "4m");
     c.maxBlockBytes = (int) Math.max(1024, Math.min(maxBlock, SERVER_MESSAGE_LIMIT / 2));
     c.batchBytes = Math.max(1, conf.getSizeAsBytes(PUSH_BATCH_SIZE, "2m"));
@@ -66,7 +66,7 @@ public final class CroupierConf {
     c.ackTimeoutMs = conf.getTimeAsMs(PUSH_ACK_TIMEOUT, "120s");
     c.rpcTimeoutMs = conf.getTimeAsMs(RPC_TIMEOUT, "60s");
     c.connectTimeoutMs = conf.getTimeAsMs(CONNECT_TIMEOUT, "5s");
-    c.fetchChunkBytes = (int) Math.min(conf.getSizeAsBytes(FETCH_CHUNK_SIZE, "4m"), 64L << 20);
+    c.fetchChunkBytes = (int) Math.min(conf.getSizeAsBytes(FETCH_CHUNK_SIZE, "4032k"), 64L << 20);
     c.fetchTimeoutMs = conf.getTimeAsMs(FETCH_TIMEOUT, "120s");
     c.fetchPrefetchChunks = Math.max(1, conf.getInt(FETCH_PREFETCH, 2));
     c.bypassThreshold = conf.getInt(PUSH_BYPASS_THRESHOLD, 200);

@@ -120,7 +120,35 @@ final class CroupierDriver {
     startHeartbeat();
   }
 
+  /** Attempts of one RegisterShuffle when the server answers UNAVAILABLE (restarting, or a closing connection). */
+  private static final int REGISTER_ATTEMPTS = 3;
+  private static final long REGISTER_BACKOFF_MS = 200;
+
+  /**
+   * RegisterShuffle is idempotent, so an UNAVAILABLE answer (a server that just restarted: the request can
+   * meet the old connection's GOAWAY) is retried a bounded number of times before the job is failed.
+   */
   private RegisterShuffleResponse register(String s, RegisterShuffleRequest req) {
+    for (int attempt = 1; ; attempt++) {
+      try {
+        return registerOnce(s, req);
+      } catch (RuntimeException e) {
+        if (attempt >= REGISTER_ATTEMPTS || Status.fromThrowable(e).getCode() != Status.Code.UNAVAILABLE) {
+          throw e;
+        }
+        LOG.warn("Croupier: RegisterShuffle on {} unavailable (attempt {} of {}): {}", s, attempt, REGISTER_ATTEMPTS,
+            CroupierSecurity.describe(Status.fromThrowable(e)));
+        try {
+          Thread.sleep(REGISTER_BACKOFF_MS * attempt);
+        } catch (InterruptedException ie) {
+          Thread.currentThread().interrupt();
+          throw e;
+        }
+      }
+    }
+  }
+
+  private RegisterShuffleResponse registerOnce(String s, RegisterShuffleRequest req) {
     String secret = appSecrets.get(s);
     try {
       return CroupierClients.blocking(s, clientConf, secret).registerShuffle(req);

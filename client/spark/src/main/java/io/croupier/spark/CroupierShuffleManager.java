@@ -5,12 +5,12 @@ import org.apache.spark.ShuffleDependency;
 import org.apache.spark.SparkConf;
 import org.apache.spark.TaskContext;
 import org.apache.spark.shuffle.BlockingShuffleManager;
-import org.apache.spark.shuffle.ShuffleBlockResolver;
 import org.apache.spark.shuffle.ShuffleHandle;
 import org.apache.spark.shuffle.ShuffleReadMetricsReporter;
 import org.apache.spark.shuffle.ShuffleReader;
 import org.apache.spark.shuffle.ShuffleWriteMetricsReporter;
 import org.apache.spark.shuffle.ShuffleWriter;
+import org.apache.spark.shuffle.sort.SortShuffleManager;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -24,16 +24,29 @@ import org.slf4j.LoggerFactory;
  *
  * On the driver it also sets {@code spark.shuffle.sort.io.plugin.class} to {@link CroupierShuffleDataIO}
  * (unless set), which declares reliable storage so Spark keeps map outputs when executors are lost.
+ *
+ * <p><b>Why it extends {@link SortShuffleManager}.</b> Spark SQL's {@code ShuffleExchangeExec} copies every
+ * row it hands to the shuffle writer ({@code UnsafeRow.copy()}, {@code needToCopyObjectsBeforeShuffle})
+ * unless the shuffle manager is an instance of {@code SortShuffleManager}: the rows it produces are reused
+ * buffers, and only Spark's own writers are known to serialize each record before asking for the next one
+ * (bypass-merge and serialized sort) for any partition count below 2^24. Croupier's writer keeps the same
+ * contract: its streaming path serializes every record into its partition's stream before it pulls the
+ * next record, and its sorting path (which holds records in Spark's ExternalSorter) copies rows itself
+ * ({@link CroupierShuffleWriter}, {@code RowCopier}). So the copy is redundant, and subclassing is the only
+ * hook Spark offers to skip it (the check is {@code instanceof}, nothing configurable). Every method a
+ * shuffle manager has is overridden here, except {@code shuffleBlockResolver()}: the inherited
+ * {@code IndexShuffleBlockResolver} is never asked for Croupier blocks (they are not in any block manager)
+ * and finds no local shuffle files to serve or to migrate.
  */
-public class CroupierShuffleManager implements BlockingShuffleManager {
+public class CroupierShuffleManager extends SortShuffleManager implements BlockingShuffleManager {
   private static final Logger LOG = LoggerFactory.getLogger(CroupierShuffleManager.class);
 
   private final SparkConf conf;
   private final boolean isDriver;
-  private final NoOpShuffleBlockResolver resolver = new NoOpShuffleBlockResolver();
   private final CroupierDriver driver;
 
   public CroupierShuffleManager(SparkConf conf, boolean isDriver) {
+    super(conf);
     this.conf = conf;
     this.isDriver = isDriver;
     CroupierConf.servers(conf); // fail fast, with a clear message, when the server list is missing or bad
@@ -91,15 +104,14 @@ public class CroupierShuffleManager implements BlockingShuffleManager {
   }
 
   @Override
-  public ShuffleBlockResolver shuffleBlockResolver() {
-    return resolver;
-  }
-
-  @Override
   public void stop() {
-    if (driver != null) {
-      driver.stop();
+    try {
+      if (driver != null) {
+        driver.stop();
+      }
+      CroupierClients.shutdown();
+    } finally {
+      super.stop(); // stops the (unused) IndexShuffleBlockResolver
     }
-    CroupierClients.shutdown();
   }
 }

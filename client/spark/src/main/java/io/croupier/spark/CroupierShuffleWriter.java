@@ -117,6 +117,7 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
   /**
    * Few partitions, no map-side combine: serialize each record straight into its partition's open
    * stream and push blocks while the input is still being computed (like Spark's bypass-merge writer).
+   * Each record is fully serialized before the next one is pulled, so reused SQL row buffers need no copy.
    * Memory: one open stream per partition, each cut at about BYPASS_BUFFER_BYTES / partitions (32 MiB
    * in all, plus the codec's buffers).
    */
@@ -134,8 +135,7 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       int p = partitioner.getPartition(rec._1());
       SerializationStream out = outs[p];
       if (out == null) {
-        // A stream is cut at `target` plus what the codec still buffers: size the buffer for that.
-        sinks[p] = pusher.openStream(p, target + (64 << 10));
+        sinks[p] = pusher.openStream(p);
         out = ser.serializeStream(serializerManager.wrapStream(new ShuffleBlockId(handle.shuffleId(), attemptId, p),
             sinks[p]));
         outs[p] = out;
@@ -176,7 +176,8 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       Option<Aggregator<K, V, V>> none = Option.empty();
       sorter = SparkShim.newSorter(context, none, partitioner, noOrdering, dep.serializer());
     }
-    sorter.insertAll(records);
+    // The sorter holds records: copy reused SQL rows first (see CroupierShuffleManager, RowCopier).
+    sorter.insertAll(RowCopier.copying(records));
 
     long blockBytes = handle.clientConf().blockBytes;
     SerializerManager serializerManager = SparkEnv.get().serializerManager();

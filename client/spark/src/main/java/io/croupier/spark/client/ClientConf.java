@@ -6,8 +6,13 @@ import java.io.Serializable;
 public final class ClientConf implements Serializable {
   private static final long serialVersionUID = 1L;
 
-  /** Target size of one block: a partition's stream is closed at the first record boundary past it. */
-  public long blockBytes = 1L << 20;
+  /**
+   * Target size of one block: a partition's stream is closed at the first record boundary past it. Below
+   * 512 KiB (with room for a record and the codec's last frame) so that the reader's copy of a block (the
+   * protobuf parser allocates one array per block) is not a "humongous" object for G1, which a 1 MiB block
+   * was: allocated in the old generation, and triggering collections and marking cycles of its own.
+   */
+  public long blockBytes = 448L << 10;
   /** Hard limit of one block (header included); bigger records are split into CONTINUED fragments. */
   public int maxBlockBytes = 4 << 20;
   /** A batch is sent once it holds this many bytes. */
@@ -22,8 +27,12 @@ public final class ClientConf implements Serializable {
   public long connectTimeoutMs = 5_000;
   /** Deadline of unary calls (register, commit, unregister, heartbeat, status). */
   public long rpcTimeoutMs = 60_000;
-  /** chunk_bytes_max of Fetch requests. */
-  public int fetchChunkBytes = 4 << 20;
+  /**
+   * chunk_bytes_max of Fetch requests. A little under 4 MiB so that a whole FetchResponse stays within 4 MiB,
+   * the largest message grpc-java's protobuf marshaller parses from one reused buffer (bigger ones go through
+   * its slower stream parser).
+   */
+  public int fetchChunkBytes = (4 << 20) - (64 << 10);
   /** Largest message the client accepts. */
   public int maxInboundMessageBytes = 64 << 20;
   /** HTTP/2 flow-control window of the client. */

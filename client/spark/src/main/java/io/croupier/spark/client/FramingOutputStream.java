@@ -1,5 +1,7 @@
 package io.croupier.spark.client;
 
+import com.google.protobuf.ByteString;
+import com.google.protobuf.UnsafeByteOperations;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.util.Arrays;
@@ -8,45 +10,63 @@ import java.util.Arrays;
  * Sink of one logical serialized stream: cuts it into blocks of at most {@code maxBlockBytes}
  * (header included) and hands each block to a {@link BlockConsumer}. {@link #close()} emits the last
  * block, flagged {@link BlockFormat#FINAL}. Not thread-safe.
+ *
+ * <p>A block is kept as a list of chunks of at most {@link #CHUNK_BYTES} and handed over as a rope
+ * {@link ByteString} over them, never copied into one array: a block is typically 0.5-4 MiB, and arrays
+ * that big are "humongous" objects for G1 (at least half a heap region, i.e. 512 KiB and up), allocated
+ * straight in the old generation. One such array per block made the executors run several times more
+ * garbage collections (and a concurrent marking cycle per few blocks); 64 KiB chunks are ordinary
+ * young-generation garbage once the block is acknowledged.
  */
 public final class FramingOutputStream extends OutputStream {
-  /** Receives a finished block. {@code data[0]} is the flag byte; the array is owned by the callee. */
+  /** Receives a finished block. Its first byte is the flag byte; the bytes are owned by the callee. */
   public interface BlockConsumer {
-    void accept(byte[] data, int length) throws IOException;
+    void accept(ByteString block) throws IOException;
   }
 
-  private static final int INITIAL_CAPACITY = 4096;
+  /** Largest chunk: well below half of G1's smallest region (1 MiB), so never a humongous object. */
+  static final int CHUNK_BYTES = 64 << 10;
+  private static final int FIRST_CHUNK_BYTES = 4096;
 
   private final BlockConsumer consumer;
   private final int maxBlockBytes;
-  private byte[] buf;
-  private int len;
+  private byte[][] chunks = new byte[8][];
+  private int full; // chunks[0 .. full) are full, chunks[full] is being filled
+  private byte[] cur;
+  private int pos; // bytes used in cur
+  private int len; // bytes in this block, header included
   private long streamBytes;
   private boolean closed;
 
-  private final int expected;
-
   public FramingOutputStream(BlockConsumer consumer, int maxBlockBytes) {
-    this(consumer, maxBlockBytes, 0);
-  }
-
-  /**
-   * @param expectedBytes expected size of the stream (header included): a buffer that outgrows its small
-   *     initial size jumps straight to this size, which saves the copies of growing it step by step
-   */
-  public FramingOutputStream(BlockConsumer consumer, int maxBlockBytes, int expectedBytes) {
     if (maxBlockBytes < BlockFormat.HEADER_BYTES + 1) {
       throw new IllegalArgumentException("maxBlockBytes too small: " + maxBlockBytes);
     }
     this.consumer = consumer;
     this.maxBlockBytes = maxBlockBytes;
-    this.expected = Math.max(BlockFormat.HEADER_BYTES + 1, Math.min(expectedBytes, maxBlockBytes));
-    newBuffer();
+    newBlock();
   }
 
-  private void newBuffer() {
-    buf = new byte[Math.min(INITIAL_CAPACITY, maxBlockBytes)];
+  private void newBlock() {
+    Arrays.fill(chunks, 0, full + 1, null);
+    full = 0;
+    cur = new byte[Math.min(FIRST_CHUNK_BYTES, maxBlockBytes)];
+    chunks[0] = cur;
+    pos = BlockFormat.HEADER_BYTES;
     len = BlockFormat.HEADER_BYTES;
+  }
+
+  /** Makes room in {@code cur} (the current chunk is full): a new chunk, growing up to CHUNK_BYTES. */
+  private void nextChunk() {
+    int size = Math.min(CHUNK_BYTES, Math.max(cur.length * 4, FIRST_CHUNK_BYTES));
+    size = Math.min(size, maxBlockBytes - len); // never allocate past the block limit
+    full++;
+    if (full == chunks.length) {
+      chunks = Arrays.copyOf(chunks, chunks.length * 2);
+    }
+    cur = new byte[size];
+    chunks[full] = cur;
+    pos = 0;
   }
 
   /** Payload bytes written to this logical stream so far. */
@@ -60,10 +80,11 @@ public final class FramingOutputStream extends OutputStream {
     if (len == maxBlockBytes) {
       emit(BlockFormat.CONTINUED);
     }
-    if (len == buf.length) {
-      grow(len + 1);
+    if (pos == cur.length) {
+      nextChunk();
     }
-    buf[len++] = (byte) b;
+    cur[pos++] = (byte) b;
+    len++;
     streamBytes++;
   }
 
@@ -77,12 +98,12 @@ public final class FramingOutputStream extends OutputStream {
       if (len == maxBlockBytes) {
         emit(BlockFormat.CONTINUED);
       }
-      int room = maxBlockBytes - len;
-      int take = Math.min(room, n);
-      if (len + take > buf.length) {
-        grow(len + take);
+      if (pos == cur.length) {
+        nextChunk();
       }
-      System.arraycopy(b, off, buf, len, take);
+      int take = Math.min(Math.min(cur.length - pos, maxBlockBytes - len), n);
+      System.arraycopy(b, off, cur, pos, take);
+      pos += take;
       len += take;
       off += take;
       n -= take;
@@ -90,24 +111,22 @@ public final class FramingOutputStream extends OutputStream {
     }
   }
 
-  private void grow(int min) {
-    long cap = Math.max(buf.length * 2L, expected);
-    while (cap < min) {
-      cap = cap * 2;
-    }
-    buf = Arrays.copyOf(buf, (int) Math.min(cap, maxBlockBytes));
-  }
-
   private void emit(byte flag) throws IOException {
-    buf[0] = flag;
-    byte[] out = buf;
-    // Do not pin a mostly empty array while the block waits for its ack.
-    if (len < out.length / 2) {
-      out = Arrays.copyOf(buf, len);
+    chunks[0][0] = flag;
+    ByteString block = null;
+    for (int i = 0; i <= full; i++) {
+      byte[] c = chunks[i];
+      int used = i == full ? pos : c.length;
+      ByteString part;
+      if (i == full && used < c.length / 2) {
+        part = ByteString.copyFrom(c, 0, used); // do not pin a mostly empty chunk until the ack
+      } else {
+        part = UnsafeByteOperations.unsafeWrap(c, 0, used);
+      }
+      block = block == null ? part : block.concat(part);
     }
-    int n = len;
-    newBuffer();
-    consumer.accept(out, n);
+    newBlock();
+    consumer.accept(block);
   }
 
   private void ensureOpen() throws IOException {
@@ -124,7 +143,8 @@ public final class FramingOutputStream extends OutputStream {
     if (!closed) {
       closed = true;
       emit(BlockFormat.FINAL);
-      buf = null;
+      chunks = null;
+      cur = null;
     }
   }
 }

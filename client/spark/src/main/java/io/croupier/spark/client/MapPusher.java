@@ -1,5 +1,6 @@
 package io.croupier.spark.client;
 
+import com.google.protobuf.ByteString;
 import com.google.protobuf.UnsafeByteOperations;
 import io.croupier.proto.v1.Block;
 import io.croupier.proto.v1.PartitionCount;
@@ -59,20 +60,20 @@ public final class MapPusher {
 
   /** A sink for one logical serialized stream of {@code partition}; close it to end the stream. */
   public FramingOutputStream openStream(int partition) {
-    return new FramingOutputStream((data, len) -> addBlock(partition, data, len), maxBlockBytes);
-  }
-
-  /** Like {@link #openStream(int)}, with a buffer sized for a stream of about {@code expectedBytes}. */
-  public FramingOutputStream openStream(int partition, long expectedBytes) {
-    return new FramingOutputStream((data, len) -> addBlock(partition, data, len), maxBlockBytes,
-        (int) Math.min(Integer.MAX_VALUE, expectedBytes));
+    return new FramingOutputStream(data -> addBlock(partition, data), maxBlockBytes);
   }
 
   /** Adds one block (already framed). The array is owned by the pusher from now on. */
   public void addBlock(int partition, byte[] data, int len) throws IOException {
+    addBlock(partition, UnsafeByteOperations.unsafeWrap(data, 0, len));
+  }
+
+  /** Adds one block (already framed). Its bytes are owned by the pusher from now on. */
+  public void addBlock(int partition, ByteString data) throws IOException {
     if (finished) {
       throw new IllegalStateException("map output already finished");
     }
+    int len = data.size();
     int server = owner[partition];
     if (!pending[server].isEmpty() && pendingBytes[server] + len > maxBatchBytes) {
       flush(server);
@@ -80,8 +81,8 @@ public final class MapPusher {
     Block block = Block.newBuilder()
         .setPartitionId(partition)
         .setSeq(blocks[partition])
-        .setCrc32(Crc.of(data, 0, len))
-        .setData(UnsafeByteOperations.unsafeWrap(data, 0, len))
+        .setCrc32(Crc.of(data))
+        .setData(data)
         .build();
     blocks[partition]++;
     bytes[partition] += len;

@@ -7,7 +7,6 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
@@ -16,7 +15,7 @@ class FramingOutputStreamTest {
   private final List<byte[]> blocks = new ArrayList<>();
 
   private FramingOutputStream stream(int max) {
-    return new FramingOutputStream((data, len) -> blocks.add(Arrays.copyOf(data, len)), max);
+    return new FramingOutputStream(data -> blocks.add(data.toByteArray()), max);
   }
 
   private static byte[] join(List<byte[]> bs) {
@@ -72,10 +71,38 @@ class FramingOutputStreamTest {
   }
 
   @Test
-  void sizeHintDoesNotChangeTheBlocks() throws IOException {
+  void blocksSpanningManyChunksKeepEveryByte() throws IOException {
+    // Blocks bigger than a chunk are ropes of several chunks; writes of every size cross chunk edges.
+    int max = 3 * FramingOutputStream.CHUNK_BYTES + 12345;
+    byte[] data = new byte[4 * max + 777];
+    new Random(3).nextBytes(data);
+    FramingOutputStream s = stream(max);
+    Random sizes = new Random(4);
+    int i = 0;
+    while (i < data.length) {
+      int n = Math.min(data.length - i, sizes.nextInt(3) == 0 ? 1 : sizes.nextInt(70_000));
+      if (n == 1) {
+        s.write(data[i]);
+      } else {
+        s.write(data, i, n);
+      }
+      i += n;
+    }
+    s.close();
+    assertEquals(5, blocks.size());
+    for (int b = 0; b < 4; b++) {
+      assertEquals(max, blocks.get(b).length);
+      assertEquals(BlockFormat.CONTINUED, blocks.get(b)[0]);
+    }
+    assertEquals(BlockFormat.FINAL, blocks.get(4)[0]);
+    assertArrayEquals(data, join(blocks));
+  }
+
+  @Test
+  void manySmallWritesMakeTheSameBlocks() throws IOException {
     byte[] data = new byte[5000];
     new Random(2).nextBytes(data);
-    FramingOutputStream s = new FramingOutputStream((d, len) -> blocks.add(Arrays.copyOf(d, len)), 2000, 1 << 20);
+    FramingOutputStream s = new FramingOutputStream(d -> blocks.add(d.toByteArray()), 2000);
     for (int i = 0; i < data.length; i += 7) {
       s.write(data, i, Math.min(7, data.length - i));
     }
