@@ -120,11 +120,12 @@ impl ShuffleService for Service {
                 if authorized.as_deref() != Some(batch.app_id.as_str())
                     && auth.app_secrets_enforced()
                 {
-                    let checked = AppId::parse(&batch.app_id)
-                        .map_err(Status::from)
-                        .and_then(|app| auth.check_app(&md, &app));
-                    if let Err(status) = checked {
-                        store.note_push_refused("auth");
+                    let checked = match AppId::parse(&batch.app_id) {
+                        Err(e) => Err((e.reason(), Status::from(e))),
+                        Ok(app) => auth.check_app(&md, &app).map_err(|s| ("auth", s)),
+                    };
+                    if let Err((reason, status)) = checked {
+                        store.note_push_refused(reason);
                         let _ = tx.send(Err(status)).await;
                         break;
                     }

@@ -283,6 +283,24 @@ async fn another_apps_secret_can_neither_read_push_commit_nor_delete_the_victims
     assert_intact(&victim).await;
     let outcome = vc.commit("victim", 2, 0, 7, pending_counts).await.unwrap();
     assert!(outcome.committed);
+    // A push naming an invalid app id is refused as bad input, and counted as such, not as an auth
+    // failure.
+    let rejected = |reason: &str| -> f64 {
+        let prefix = format!("croupier_push_rejected_total{{reason=\"{reason}\"}} ");
+        server
+            .admin_get("/metrics")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (auth_before, invalid_before) = (rejected("auth"), rejected("invalid_argument"));
+    assert_eq!(
+        push_code(&mallory, "no such/app", 1, 0).await,
+        Code::InvalidArgument
+    );
+    assert_eq!(rejected("invalid_argument"), invalid_before + 1.0);
+    assert_eq!(rejected("auth"), auth_before);
     // Mallory can still delete what is hers.
     assert!(mallory.unregister_app("mallory").await.unwrap());
 }
