@@ -21,6 +21,26 @@ pub enum Durability {
     Fsync,
 }
 
+/// How segment files are written and read.
+///
+/// - `Buffered`: through the page cache. Fetches soon after pushes are served from memory; every
+///   pushed byte is copied into the page cache once, which costs CPU (a lot when the kernel has to
+///   find fresh pages).
+/// - `Direct`: `O_DIRECT`. Chunks are copied into a reused, aligned staging buffer and written to the
+///   device without page-cache pages; each write is padded to [`DIRECT_IO_ALIGN_BYTES`] (unreferenced
+///   bytes, FORMAT.md section 6.1), and fetches read aligned ranges from the device. For hosts whose
+///   shuffle data does not fit in memory anyway, or whose CPU is the bottleneck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    Buffered,
+    Direct,
+}
+
+/// Offset, length and memory alignment of every `O_DIRECT` transfer (a multiple of any common logical
+/// block size).
+pub const DIRECT_IO_ALIGN_BYTES: u64 = 4096;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -62,6 +82,8 @@ pub struct Config {
     pub fetch_streams_max: u32,
     /// See [`Durability`].
     pub durability: Durability,
+    /// See [`IoMode`].
+    pub io: IoMode,
     /// An app that sends no request for this long is deleted with all its data.
     pub app_lease_timeout_ms: u64,
     /// Blocks per push batch, at most.
@@ -117,6 +139,7 @@ impl Default for Config {
             fetch_chunk_bytes_max: 4 << 20,
             fetch_streams_max: 64,
             durability: Durability::Write,
+            io: IoMode::Buffered,
             app_lease_timeout_ms: 300_000,
             batch_blocks_max: 65_536,
             shuffles_max: 65_536,

@@ -24,6 +24,87 @@ pub const META_FILE: &str = "shuffle.meta";
 /// `pwritev` takes at most this many slices per call (IOV_MAX on Linux).
 const IOV_MAX: usize = 1024;
 
+const ALIGN: u64 = crate::config::DIRECT_IO_ALIGN_BYTES;
+
+/// Size of a writer thread's staging buffer for `O_DIRECT` appends (allocated on first use, reused).
+pub const DIRECT_STAGING_BYTES: usize = 4 << 20;
+
+/// A heap buffer aligned for `O_DIRECT`.
+struct StagingBuffer {
+    ptr: std::ptr::NonNull<u8>,
+}
+
+impl StagingBuffer {
+    fn layout() -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(DIRECT_STAGING_BYTES, ALIGN as usize)
+            .expect("constant layout")
+    }
+
+    fn new() -> StagingBuffer {
+        let layout = Self::layout();
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        StagingBuffer { ptr }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr points to DIRECT_STAGING_BYTES initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), DIRECT_STAGING_BYTES) }
+    }
+}
+
+impl Drop for StagingBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout()) }
+    }
+}
+
+thread_local! {
+    /// The disk writer thread's staging buffer (only writer threads append).
+    static STAGING: std::cell::RefCell<Option<StagingBuffer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Opens `path` with `O_DIRECT`, for appends (`write`) or reads. A file system without direct I/O
+/// support (tmpfs on old kernels) fails here with EINVAL.
+pub fn open_direct(path: &Path, write: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))
+}
+
+/// Checks at startup that a data dir supports `O_DIRECT` writes and reads of aligned buffers.
+pub fn probe_direct(root: &Path) -> std::result::Result<(), String> {
+    let path = root.join(".croupier-direct-probe");
+    let res = (|| -> std::result::Result<(), String> {
+        std::fs::write(&path, b"").map_err(|e| e.to_string())?;
+        let f = open_direct(&path, true).map_err(|e| e.to_string())?;
+        let mut buf = StagingBuffer::new();
+        let block = &buf.as_mut_slice()[..ALIGN as usize];
+        write_all_vectored_at(&f, &mut [IoSlice::new(block)], 0).map_err(|e| e.to_string())?;
+        let r = open_direct(&path, false).map_err(|e| e.to_string())?;
+        let back = read_at(&r, &path, 0, ALIGN as usize).map_err(|e| e.to_string())?;
+        if back.len() != ALIGN as usize {
+            return Err("direct read returned a short block".into());
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&path);
+    res.map_err(|e| {
+        format!(
+            "io = \"direct\": {} does not support O_DIRECT: {e}",
+            root.display()
+        )
+    })
+}
+
 pub fn segment_file_name(segment_id: u32) -> String {
     format!("seg-{segment_id:06}.data")
 }
@@ -65,6 +146,8 @@ struct AppendFile {
     synced_len: u64,
     /// Write-back was started (`sync_file_range`) up to here.
     writeback_len: u64,
+    /// `O_DIRECT` handle of the same file, for segment appends with `io = "direct"`.
+    direct: Option<File>,
 }
 
 impl AppendFile {
@@ -84,7 +167,83 @@ impl AppendFile {
             broken: false,
             synced_len: len,
             writeback_len: len,
+            direct: None,
         })
+    }
+
+    /// Opens the file for appends through `O_DIRECT` (a second handle; syncs, cut-backs and length
+    /// stay on the first).
+    fn open_direct(path: PathBuf) -> Result<AppendFile> {
+        let mut f = AppendFile::open(path)?;
+        f.direct = Some(open_direct(&f.path, true)?);
+        Ok(f)
+    }
+
+    /// Appends `parts` through the `O_DIRECT` handle: copies them into the thread's aligned staging
+    /// buffer and writes it out whenever it is full, then once more with the tail padded by zeros to
+    /// [`DIRECT_IO_ALIGN_BYTES`]. The file length therefore stays aligned; the padding is never referenced.
+    fn append_direct(&mut self, parts: &[IoSlice<'_>]) -> Result<()> {
+        if self.broken {
+            return Err(StoreError::Unavailable(format!(
+                "{} takes no more appends after an unrecoverable write error",
+                self.path.display()
+            )));
+        }
+        let Some(direct) = self.direct.as_ref() else {
+            return Err(StoreError::Unavailable(format!(
+                "{} is not open for direct I/O",
+                self.path.display()
+            )));
+        };
+        let start = self.len;
+        assert!(
+            start.is_multiple_of(ALIGN),
+            "direct appends start at aligned offsets"
+        );
+        let res = STAGING.with(|staging| -> std::io::Result<u64> {
+            let mut staging = staging.borrow_mut();
+            let buf = staging
+                .get_or_insert_with(StagingBuffer::new)
+                .as_mut_slice();
+            let mut offset = start;
+            let mut fill = 0usize;
+            for part in parts {
+                let mut rest: &[u8] = part;
+                while !rest.is_empty() {
+                    let n = rest.len().min(buf.len() - fill);
+                    buf[fill..fill + n].copy_from_slice(&rest[..n]);
+                    fill += n;
+                    rest = &rest[n..];
+                    if fill == buf.len() {
+                        write_all_vectored_at(direct, &mut [IoSlice::new(buf)], offset)?;
+                        offset += fill as u64;
+                        fill = 0;
+                    }
+                }
+            }
+            if fill > 0 {
+                let padded = (fill as u64).div_ceil(ALIGN) * ALIGN;
+                buf[fill..padded as usize].fill(0);
+                write_all_vectored_at(
+                    direct,
+                    &mut [IoSlice::new(&buf[..padded as usize])],
+                    offset,
+                )?;
+                offset += padded;
+            }
+            Ok(offset)
+        });
+        match res {
+            Ok(end) => {
+                self.len = end;
+                Ok(())
+            }
+            Err(e) => {
+                let err = StoreError::io(&self.path, e);
+                self.cut_back(start);
+                Err(err)
+            }
+        }
     }
 
     /// Asks the kernel to start writing the bytes appended since the last call, without waiting
@@ -242,12 +401,19 @@ pub struct ShuffleFiles {
     /// Data or index bytes written since the last sync.
     unsynced: bool,
     commits_unsynced: bool,
+    /// Segments are written and read with `O_DIRECT` (`io = "direct"`).
+    direct: bool,
 }
 
 impl ShuffleFiles {
     /// Opens (creating if needed) the files of a shuffle directory. `segments` are the existing segment
     /// ids, ascending; appends continue in the last one.
-    pub fn open(dir: &Path, segment_bytes_max: u64, segments: &[u32]) -> Result<ShuffleFiles> {
+    pub fn open(
+        dir: &Path,
+        segment_bytes_max: u64,
+        segments: &[u32],
+        direct: bool,
+    ) -> Result<ShuffleFiles> {
         let created = !dir.join(INDEX_FILE).exists() || !dir.join(COMMIT_FILE).exists();
         let index = AppendFile::open(dir.join(INDEX_FILE))?;
         let commits = AppendFile::open(dir.join(COMMIT_FILE))?;
@@ -255,6 +421,10 @@ impl ShuffleFiles {
             sync_dir(dir)?;
         }
         let segment = match segments.last() {
+            Some(&id) if direct => Some((
+                id,
+                AppendFile::open_direct(dir.join(segment_file_name(id)))?,
+            )),
             Some(&id) => Some((id, AppendFile::open(dir.join(segment_file_name(id)))?)),
             None => None,
         };
@@ -268,6 +438,7 @@ impl ShuffleFiles {
             commits,
             unsynced: false,
             commits_unsynced: false,
+            direct,
         })
     }
 
@@ -278,7 +449,10 @@ impl ShuffleFiles {
     ) -> Result<&mut (u32, AppendFile)> {
         let roll = match &self.segment {
             None => true,
-            Some((_, f)) => f.len >= self.segment_bytes_max,
+            // Direct appends need an aligned end (a segment written buffered before a restart may not have one).
+            Some((_, f)) => {
+                f.len >= self.segment_bytes_max || (self.direct && !f.len.is_multiple_of(ALIGN))
+            }
         };
         if roll {
             // The finished segment gets its final sync now: later group syncs only see the new one.
@@ -287,12 +461,19 @@ impl ShuffleFiles {
             }
             let id = self.next_segment_id;
             let path = self.dir.join(segment_file_name(id));
-            let file = AppendFile::open(path.clone())?;
+            let file = if self.direct {
+                AppendFile::open_direct(path.clone())?
+            } else {
+                AppendFile::open(path.clone())?
+            };
             sync_dir(&self.dir)?;
-            let reader = file
-                .file
-                .try_clone()
-                .map_err(|e| StoreError::io(&path, e))?;
+            let reader = if self.direct {
+                open_direct(&path, false)?
+            } else {
+                file.file
+                    .try_clone()
+                    .map_err(|e| StoreError::io(&path, e))?
+            };
             new_segments.push((id, Arc::new(reader)));
             self.next_segment_id = id + 1;
             self.segment = Some((id, file));
@@ -314,6 +495,7 @@ impl ShuffleFiles {
         }
         let mut touched: Vec<(u32, u64)> = Vec::new();
         let segment_bytes_max = self.segment_bytes_max;
+        let direct = self.direct;
         let mut i = 0;
         let result: Result<()> = (|| {
             while i < chunks.len() {
@@ -340,7 +522,11 @@ impl ShuffleFiles {
                     offset += CHUNK_HEADER_BYTES as u64 + c.payload_bytes;
                     i += 1;
                 }
-                seg.append(&mut slices)?;
+                if direct {
+                    seg.append_direct(&slices)?;
+                } else {
+                    seg.append(&mut slices)?;
+                }
             }
             let mut bytes = Vec::with_capacity(written.len() * 64);
             let mut body = Vec::new();
@@ -494,21 +680,45 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Reads exactly `len` bytes at `offset`; a file that ends early is corruption, reported with its path.
-/// The buffer is not zeroed first: `pread` fills it (zeroing cost ~5 % of a large fetch's CPU).
+/// The buffer is not zeroed first: `pread` fills it (zeroing cost ~5 % of a large fetch's CPU). On an
+/// `O_DIRECT` handle the aligned range around the bytes is read into an aligned buffer, and the bytes
+/// are a slice of it.
 pub fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Bytes> {
     use std::os::fd::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    // SAFETY: F_GETFL on an fd this File owns.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    let direct = flags >= 0 && flags & libc::O_DIRECT != 0;
+    let (start, want, span) = if direct {
+        let start = offset / ALIGN * ALIGN;
+        let end = (offset + len as u64).div_ceil(ALIGN) * ALIGN;
+        (
+            start,
+            (offset - start) as usize + len,
+            (end - start) as usize,
+        )
+    } else {
+        (offset, len, len)
+    };
+    let slack = if direct { ALIGN as usize } else { 0 };
+    let mut buf: Vec<u8> = Vec::with_capacity(span + slack);
+    // Where the aligned read starts inside `buf` (0 for buffered reads).
+    let head = if direct {
+        buf.as_ptr().align_offset(ALIGN as usize)
+    } else {
+        0
+    };
     let mut filled = 0usize;
-    while filled < len {
-        let spare = &mut buf.spare_capacity_mut()[..len - filled];
-        // SAFETY: `spare` is writable, uninitialised memory of at least `len - filled` bytes owned by
-        // `buf`; pread writes at most that many bytes into it and reports how many it wrote.
+    while filled < want {
+        let spare = &mut buf.spare_capacity_mut()[head + filled..head + span];
+        // SAFETY: `spare` is writable, uninitialised memory owned by `buf` of `span - filled` bytes;
+        // pread writes at most that many bytes into it and reports how many it wrote. For direct reads
+        // the address and length stay multiples of ALIGN (a short read only happens at end of file).
         let n = unsafe {
             libc::pread64(
                 file.as_raw_fd(),
                 spare.as_mut_ptr().cast(),
-                len - filled,
-                (offset + filled as u64) as libc::off64_t,
+                span - filled,
+                (start + filled as u64) as libc::off64_t,
             )
         };
         if n < 0 {
@@ -527,8 +737,22 @@ pub fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Byte
             )));
         }
         filled += n as usize;
-        // SAFETY: the first `filled` bytes were written by pread above (n <= requested).
-        unsafe { buf.set_len(filled) };
+        if direct && filled < want && !(filled as u64).is_multiple_of(ALIGN) {
+            // A short direct read that is not at the end of the file: the rest cannot be read aligned.
+            return Err(StoreError::DataCorrupted(format!(
+                "{} ends before offset {} + {} bytes",
+                path.display(),
+                offset,
+                len
+            )));
+        }
     }
-    Ok(Bytes::from(buf))
+    // SAFETY: bytes head..head + filled were written by pread above; 0..head are never exposed, but
+    // are initialised here so that the Vec's contents are all initialised.
+    unsafe {
+        std::ptr::write_bytes(buf.as_mut_ptr(), 0, head);
+        buf.set_len(head + filled);
+    }
+    let skip = head + (offset - start) as usize;
+    Ok(Bytes::from(buf).slice(skip..skip + len))
 }

@@ -151,6 +151,9 @@ impl Store {
             let root = dir
                 .canonicalize()
                 .map_err(|e| format!("data dir {}: {e}", dir.display()))?;
+            if config.io == crate::config::IoMode::Direct {
+                files::probe_direct(&root)?;
+            }
             let disk = Disk::start(
                 i as u32,
                 root,
@@ -322,6 +325,7 @@ impl Store {
             })
             .filter(|p| p.exists())
             .collect();
+        let direct = self.config.io == crate::config::IoMode::Direct;
         let files = tokio::task::spawn_blocking(move || -> Result<files::ShuffleFiles> {
             for old in leftovers {
                 tracing::warn!(dir = %old.display(), "removing a leftover directory of a re-registered shuffle");
@@ -338,7 +342,7 @@ impl Store {
                     files::sync_dir(apps_dir)?;
                 }
             }
-            files::ShuffleFiles::open(&dir2, segment_bytes_max, &[])
+            files::ShuffleFiles::open(&dir2, segment_bytes_max, &[], direct)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("registration task failed: {e}")))??;

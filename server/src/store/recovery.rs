@@ -105,13 +105,18 @@ fn recover_shuffle(
         ));
     }
     let segments = segment_ids(dir);
-    let mut files =
-        ShuffleFiles::open(dir, config.segment_bytes_max, &segments).map_err(|e| e.to_string())?;
+    let direct = config.io == crate::config::IoMode::Direct;
+    let mut files = ShuffleFiles::open(dir, config.segment_bytes_max, &segments, direct)
+        .map_err(|e| e.to_string())?;
     let mut damage: Vec<String> = Vec::new();
     let mut segment_lens = std::collections::HashMap::new();
     for &id in &segments {
         let path = dir.join(files::segment_file_name(id));
-        let f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f = if direct {
+            files::open_direct(&path, false).map_err(|e| e.to_string())?
+        } else {
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?
+        };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         segment_lens.insert(id, (Arc::new(f), len));
     }
