@@ -9,7 +9,8 @@
 #      CROUPIER_BIN (default target/release/croupier), PYSPARK_VERSION (4.3.0),
 #      BENCH_JAR (default: the plugin jar in client/spark/target),
 #      BENCH_CONF / BENCH_CROUPIER_CONF (`k=v;k=v` Spark settings for both modes / for Croupier only; unset
-#      by default: the comparison uses the same config except the shuffle manager lines).
+#      by default: the comparison uses the same config except the shuffle manager lines),
+#      BENCH_SERVER_TOML (extra lines for the server's config file, e.g. `io = "direct"`).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,8 +42,9 @@ read -r GRPC ADMIN <<<"$("$VENV/bin/python" -c '
 import socket
 a = socket.socket(); a.bind(("127.0.0.1", 0)); b = socket.socket(); b.bind(("127.0.0.1", 0))
 print(a.getsockname()[1], b.getsockname()[1])')"
-"$BIN" serve --listen "127.0.0.1:$GRPC" --admin-listen "127.0.0.1:$ADMIN" --data-dir "$WORK/data" \
-  --memory-budget 1GiB >"$WORK/server.log" 2>&1 &
+printf '%s\n' "${BENCH_SERVER_TOML:-}" >"$WORK/server.toml"
+"$BIN" serve --config "$WORK/server.toml" --listen "127.0.0.1:$GRPC" --admin-listen "127.0.0.1:$ADMIN" \
+  --data-dir "$WORK/data" --memory-budget 1GiB >"$WORK/server.log" 2>&1 &
 PID=$!
 disown $PID 2>/dev/null || true
 cleanup() { kill "$PID" 2>/dev/null; sleep 1; kill -9 "$PID" 2>/dev/null; rm -rf "$WORK"; }

@@ -13,6 +13,12 @@ async fn kill_9_right_after_commits_keeps_every_committed_attempt_and_no_uncommi
     spec.map_end = 6;
     let r = loadgen::load(spec.clone()).await.expect("load");
     assert_eq!(r.maps_committed, 6);
+    let disk_bytes = || {
+        server.status_json()["shuffles"][0]["disk_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let committed_on_disk = disk_bytes();
     let client = server.client().await;
     for map in 6..8u32 {
         let mut pusher = client.pusher("crash", 1, map, 77);
@@ -26,6 +32,17 @@ async fn kill_9_right_after_commits_keeps_every_committed_attempt_and_no_uncommi
             }
         }
         pusher.finish().await.unwrap();
+    }
+    // Acks come once the blocks are buffered; every partition buffer (150 KB >= 128 KiB) was queued
+    // for writing by its third block. Kill only once those writes are done, so that both attempts have
+    // index records on disk (otherwise the kill may come first, and the attempts are not "dead").
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while disk_bytes() < committed_on_disk + 2 * 16 * 150_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the uncommitted maps' chunks were never written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server.restart();
 
