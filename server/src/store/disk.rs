@@ -429,6 +429,8 @@ fn sync_each_shuffle(
         if let Err(e) = sync(&mut jobs[i].shuffle.files.lock()) {
             let msg = e.to_string();
             disk.write_errors.fetch_add(1, Ordering::AcqRel);
+            metrics::counter!("croupier_disk_errors_total", "disk" => disk.root.display().to_string(), "reason" => "io")
+                .increment(1);
             disk.fail(&format!("fsync failed: {msg}"));
             for (j, job) in jobs.iter().enumerate() {
                 if Arc::as_ptr(&job.shuffle) == ptr && results[j].is_ok() {

@@ -400,12 +400,12 @@ impl Store {
                     // A full file system is not a failed disk.
                     disk.refresh_space();
                 }
-                Ok(Ok(Err(e))) => disk.fail(&format!("probe failed: {e}")),
-                Ok(Err(e)) => disk.fail(&format!("probe task failed: {e}")),
-                Err(_) => disk.fail(&format!(
-                    "probe took longer than {} ms",
-                    timeout.as_millis()
-                )),
+                Ok(Ok(Err(e))) => probe_failed(disk, &format!("probe failed: {e}")),
+                Ok(Err(e)) => probe_failed(disk, &format!("probe task failed: {e}")),
+                Err(_) => probe_failed(
+                    disk,
+                    &format!("probe took longer than {} ms", timeout.as_millis()),
+                ),
             }
         }
     }
@@ -760,6 +760,14 @@ impl Store {
 }
 
 /// Refuses new data for a shuffle whose disk is below its free-space reserve.
+/// A failed or slow probe: counted as a disk error (reason `probe`) and the disk taken out of service.
+fn probe_failed(disk: &Disk, why: &str) {
+    disk.write_errors.fetch_add(1, Ordering::AcqRel);
+    metrics::counter!("croupier_disk_errors_total", "disk" => disk.root.display().to_string(), "reason" => "probe")
+        .increment(1);
+    disk.fail(why);
+}
+
 fn check_room(shuffle: &Shuffle) -> Result<()> {
     if shuffle.disk.state() == DiskState::Full {
         let (free, _) = shuffle.disk.space();

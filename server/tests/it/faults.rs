@@ -120,6 +120,15 @@ async fn eio_on_fsync_fails_the_commit_cleanly() {
         "{err}"
     );
     assert!(server.is_running());
+    // Whether the commit's fsync or the probe's met the error first, it is counted.
+    let errors = metric(
+        &server.admin_get("/metrics").1,
+        "croupier_disk_errors_total",
+    );
+    assert!(
+        errors >= 1.0,
+        "the failed fsync is not in croupier_disk_errors_total"
+    );
     server.fiu("disable name=posix/io/sync/fdatasync");
     server.restart_plain();
     inspect_ok(&server.dirs[0]);
