@@ -203,6 +203,7 @@ fn spawn_background(store: Arc<Store>) {
                 _ = s.memory.flush_wanted.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
+            s.drop_lost_buffers();
             s.flush_for_memory().await;
         }
     });

@@ -685,6 +685,20 @@ impl Store {
         }
     }
 
+    /// Drops the buffered blocks of shuffles lost with a failed disk (see
+    /// [`Shuffle::drop_buffers_if_lost`]). Returns the bytes dropped.
+    pub fn drop_lost_buffers(&self) -> u64 {
+        let shuffles: Vec<Arc<Shuffle>> = self.shuffles.read().values().cloned().collect();
+        let bytes: u64 = shuffles.iter().map(|s| s.drop_buffers_if_lost()).sum();
+        if bytes > 0 {
+            tracing::warn!(
+                bytes,
+                "dropped the buffered blocks of shuffles lost with a failed disk"
+            );
+        }
+        bytes
+    }
+
     /// Syncs every shuffle's files (used at shutdown so committed data is durable whatever the
     /// durability setting).
     pub fn sync_all(&self) {

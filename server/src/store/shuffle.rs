@@ -651,6 +651,31 @@ impl Shuffle {
         }
     }
 
+    /// A lost shuffle (its disk failed) can never write what it still buffers: drops those blocks,
+    /// which gives their memory back to the budget at once instead of when the memory flusher or an
+    /// unregister gets to them. Returns the bytes dropped.
+    pub fn drop_buffers_if_lost(&self) -> u64 {
+        if self.buffered_bytes() == 0 || !self.is_lost() {
+            return 0;
+        }
+        let mut dropped = Vec::new();
+        let mut bytes = 0;
+        {
+            let mut st = self.state.lock();
+            for buf in st.buffers.iter_mut() {
+                if buf.bytes > 0 {
+                    bytes += buf.bytes;
+                    buf.bytes = 0;
+                    dropped.push(std::mem::take(&mut buf.blocks));
+                }
+            }
+            self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        // The blocks (and with the last of them, their batches' charges) go here, outside the lock.
+        drop(dropped);
+        bytes
+    }
+
     /// The writer failed to write chunks: their attempts can never commit.
     pub fn mark_lost(&self, chunks: &[PendingChunk], why: &str) {
         let mut st = self.state.lock();

@@ -32,6 +32,18 @@ async fn eio_on_write_fails_the_disk_loses_only_its_shuffles_and_the_probe_retur
     let before = load_spec(&server.grpc, "eio", 1, 2, 4, 2 << 20, 64 << 10);
     loadgen::load(before.clone()).await.unwrap();
     let pid = server.pid();
+    // An attempt that buffers a little (below any chunk size) on a shuffle the failure will take.
+    let small_client = server.client().await;
+    small_client.register_shuffle("eio", 5, 1, 4).await.unwrap();
+    let mut small = small_client.pusher("eio", 5, 0, 1);
+    for p in 0..4 {
+        small
+            .push(p, bytes::Bytes::from(vec![7u8; 10_000]))
+            .await
+            .unwrap();
+    }
+    small.finish().await.unwrap();
+    assert!(server.status_json()["memory_used_bytes"].as_u64().unwrap() >= 40_000);
 
     server.fiu("enable name=posix/io/rw/pwritev,failinfo=5");
     let during = load_spec(&server.grpc, "eio", 2, 2, 4, 2 << 20, 64 << 10);
@@ -46,6 +58,11 @@ async fn eio_on_write_fails_the_disk_loses_only_its_shuffles_and_the_probe_retur
         server.is_running() && server.pid() == pid,
         "the server must not crash"
     );
+    // What the lost shuffle still buffered can never be written: its memory is given back.
+    wait_for("the lost shuffle's buffers to be dropped", || {
+        server.status_json()["memory_used_bytes"] == 0
+    })
+    .await;
     assert_eq!(server.admin_get("/healthz").0, 200);
     assert_eq!(
         server.admin_get("/readyz").0,
