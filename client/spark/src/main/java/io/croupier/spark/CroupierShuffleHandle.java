@@ -64,11 +64,11 @@ public class CroupierShuffleHandle<K, V, C> extends BaseShuffleHandle<K, V, C> {
     return clientConf;
   }
 
-  /** Server index owning each partition (rendezvous hashing over the server list). */
+  /** Server index owning each partition (bounded-load rendezvous hashing over the server list). */
   public int[] owners() {
     int[] o = owners;
     if (o == null) {
-      o = new Rendezvous(servers()).assign(numPartitions);
+      o = new Rendezvous(servers()).assign(shuffleId(), numPartitions);
       owners = o;
     }
     return o;

@@ -4,12 +4,20 @@ import java.nio.charset.StandardCharsets;
 import java.util.List;
 
 /**
- * Rendezvous (highest random weight) hashing of partitions onto servers.
+ * Rendezvous (highest random weight) hashing of partitions onto servers, with bounded load.
  *
  * <p>Every process that knows the same ordered-or-not server list computes the same owner for a
- * partition: the score only depends on the server's address string and the partition id, never on
- * JVM state (no {@code Object.hashCode}, no random seed). Removing a server only moves the
- * partitions it owned; adding one only takes about 1/n of the partitions.
+ * partition: the score only depends on the server's address string, the shuffle id and the partition
+ * id, never on JVM state (no {@code Object.hashCode}, no random seed).
+ *
+ * <p>{@link #assign} gives each partition, in partition order, to the highest-scoring server that still
+ * has room: {@code floor(partitions / servers)} partitions each, and one more for the first
+ * {@code partitions % servers} servers that reach that floor. Plain highest-score placement is
+ * only balanced on average: 8 partitions on 2 servers all land on one server once in 128 shuffles,
+ * and a shuffle with few partitions would then run at one server's speed. With the bound every server
+ * owns {@code floor} or {@code ceil} of {@code partitions / servers}. Most partitions still go to
+ * their first choice, so adding a server moves about {@code 1/n} of them. The shuffle id salts the
+ * scores, so shuffles with fewer partitions than servers do not all pick the same servers.
  */
 public final class Rendezvous {
   private final long[] seeds;
@@ -28,32 +36,46 @@ public final class Rendezvous {
     return seeds.length;
   }
 
-  /** Index (into the server list) of the server that owns {@code partition}. */
-  public int serverOf(int partition) {
-    int best = 0;
-    long bestScore = Long.MIN_VALUE;
-    for (int i = 0; i < seeds.length; i++) {
-      long score = score(seeds[i], partition);
-      // Ties are practically impossible with 64-bit scores; break them by index for determinism.
-      if (score > bestScore) {
-        bestScore = score;
-        best = i;
-      }
+  /**
+   * Owner (index into the server list) of every partition in [0, numPartitions) of shuffle {@code
+   * shuffleId}; every server owns {@code floor} or {@code ceil} of {@code numPartitions / numServers()}.
+   */
+  public int[] assign(int shuffleId, int numPartitions) {
+    if (numPartitions < 0) {
+      throw new IllegalArgumentException("numPartitions must be >= 0, got " + numPartitions);
     }
-    return best;
-  }
-
-  /** Owner of every partition in [0, numPartitions). */
-  public int[] assign(int numPartitions) {
+    int floor = numPartitions / seeds.length;
+    int extra = numPartitions % seeds.length; // servers that may own floor + 1
+    int[] load = new int[seeds.length];
     int[] owner = new int[numPartitions];
     for (int p = 0; p < numPartitions; p++) {
-      owner[p] = serverOf(p);
+      int best = -1;
+      long bestScore = 0;
+      for (int i = 0; i < seeds.length; i++) {
+        if (load[i] > floor || (load[i] == floor && extra == 0)) {
+          continue;
+        }
+        long score = score(seeds[i], shuffleId, p);
+        // Ties are practically impossible with 64-bit scores; break them by index for determinism.
+        if (best < 0 || score > bestScore) {
+          bestScore = score;
+          best = i;
+        }
+      }
+      // floor * servers + extra == partitions, so some server always has room.
+      assert best >= 0;
+      if (load[best] == floor) {
+        extra--;
+      }
+      load[best]++;
+      owner[p] = best;
     }
     return owner;
   }
 
-  static long score(long seed, int partition) {
-    return mix64(seed ^ mix64(0x9E3779B97F4A7C15L * (partition + 1L)));
+  static long score(long seed, int shuffleId, int partition) {
+    long key = ((long) shuffleId << 32) | (partition & 0xffffffffL);
+    return mix64(seed ^ mix64(0x9E3779B97F4A7C15L * (key + 1L)));
   }
 
   /** SplitMix64 finalizer. */
