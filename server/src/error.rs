@@ -55,6 +55,34 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error again, for each of several requests that one failed operation answers (an
+    /// I/O error keeps its kind and message).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::InvalidArgument { field, message } => StoreError::InvalidArgument {
+                field,
+                message: message.clone(),
+            },
+            StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+            StoreError::FailedPrecondition(m) => StoreError::FailedPrecondition(m.clone()),
+            StoreError::Overloaded {
+                message,
+                retry_after_ms,
+            } => StoreError::Overloaded {
+                message: message.clone(),
+                retry_after_ms: *retry_after_ms,
+            },
+            StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
+            StoreError::QuotaExceeded(m) => StoreError::QuotaExceeded(m.clone()),
+            StoreError::DataCorrupted(m) => StoreError::DataCorrupted(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Io { path, source } => StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         StoreError::InvalidArgument {
             field,

@@ -1,7 +1,8 @@
 //! A data directory (one per disk) and its writer thread.
 //!
 //! Every write to a disk goes through one thread that takes jobs from a queue. It drains all
-//! queued jobs at once and handles them as a group: chunks of every job are appended first, then, when
+//! queued jobs at once and handles them as a group: chunks of every job are appended first (the chunks
+//! of all jobs of one shuffle in a single append, in queue order), then, when
 //! durability is `fsync`, each touched shuffle is synced once, then the commit records are appended and
 //! synced once more, and only then are the jobs answered. Concurrent commits therefore share their
 //! fsyncs (group commit), and a commit record is never on disk before the data it promises.
@@ -248,24 +249,44 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
         .iter()
         .map(|j| {
             let check = admit(j, disk, &mut room);
-            match check {
-                Ok(()) => {
-                    let r = write_chunks(j, memory, disk);
-                    if durability == Durability::Fsync && r.is_ok() && !j.chunks.is_empty() {
-                        j.shuffle.files.lock().start_writeback();
-                    }
-                    r
-                }
-                Err(e) => {
-                    memory.written(j.payload_bytes());
-                    if !j.chunks.is_empty() {
-                        j.shuffle.mark_lost(&j.chunks, &e.to_string());
-                    }
-                    Err(e)
+            if let Err(e) = &check {
+                memory.written(j.payload_bytes());
+                if !j.chunks.is_empty() {
+                    j.shuffle.mark_lost(&j.chunks, &e.to_string());
                 }
             }
+            check
         })
         .collect();
+    // The chunks of every admitted job of one shuffle go out in one append (queue order kept within the
+    // shuffle; different shuffles have different files): write-behind jobs are often a single partition
+    // buffer, and one large direct write or `pwritev` costs far less than many small ones.
+    let mut written = vec![false; jobs.len()];
+    for first in 0..jobs.len() {
+        if written[first] || results[first].is_err() || jobs[first].chunks.is_empty() {
+            continue;
+        }
+        let members: Vec<usize> = (first..jobs.len())
+            .filter(|&k| {
+                !written[k]
+                    && results[k].is_ok()
+                    && !jobs[k].chunks.is_empty()
+                    && Arc::ptr_eq(&jobs[k].shuffle, &jobs[first].shuffle)
+            })
+            .collect();
+        let member_jobs: Vec<&WriteJob> = members.iter().map(|&k| &jobs[k]).collect();
+        let res = write_chunks(&member_jobs, memory, disk);
+        if durability == Durability::Fsync && res.is_ok() {
+            jobs[first].shuffle.files.lock().start_writeback();
+        }
+        for &k in &members {
+            written[k] = true;
+            results[k] = match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.duplicate()),
+            };
+        }
+    }
     // The chunks are in the kernel's hands (or refused): they no longer hold up write-behind.
     let group_bytes: u64 = jobs.iter().map(WriteJob::payload_bytes).sum();
     disk.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
@@ -352,12 +373,14 @@ fn admit(job: &WriteJob, disk: &Disk, room: &mut u64) -> Result<()> {
     Ok(())
 }
 
-fn write_chunks(job: &WriteJob, memory: &MemoryBudget, disk: &Disk) -> Result<()> {
-    if job.chunks.is_empty() {
+/// Appends the chunks of `jobs` (all of one shuffle, in queue order) to the shuffle's files in one go.
+fn write_chunks(jobs: &[&WriteJob], memory: &MemoryBudget, disk: &Disk) -> Result<()> {
+    let Some(shuffle) = jobs.first().map(|j| &j.shuffle) else {
         return Ok(());
-    }
-    let bytes = job.payload_bytes();
-    let shuffle = &job.shuffle;
+    };
+    debug_assert!(jobs.iter().all(|j| Arc::ptr_eq(&j.shuffle, shuffle)));
+    let bytes: u64 = jobs.iter().map(|j| j.payload_bytes()).sum();
+    let chunks: Vec<&PendingChunk> = jobs.iter().flat_map(|j| j.chunks.iter()).collect();
     let res = if shuffle.is_deleted() {
         Err(StoreError::NotFound(format!(
             "{} was unregistered",
@@ -368,7 +391,7 @@ fn write_chunks(job: &WriteJob, memory: &MemoryBudget, disk: &Disk) -> Result<()
         let r = shuffle
             .files
             .lock()
-            .append_chunks(&job.chunks, &mut new_segments);
+            .append_chunks(&chunks, &mut new_segments);
         for (id, f) in new_segments {
             shuffle.add_segment_reader(id, f);
         }
@@ -389,7 +412,9 @@ fn write_chunks(job: &WriteJob, memory: &MemoryBudget, disk: &Disk) -> Result<()
             Ok(())
         }
         Err(e) => {
-            shuffle.mark_lost(&job.chunks, &e.to_string());
+            for j in jobs {
+                shuffle.mark_lost(&j.chunks, &e.to_string());
+            }
             let mut r = Err(e);
             note_error(&mut r, disk);
             r
