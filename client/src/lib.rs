@@ -180,10 +180,12 @@ pub struct Client {
 }
 
 /// What a commit answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CommitOutcome {
     pub committed: bool,
     pub committed_attempt_id: u64,
+    /// The winner's promises on other servers (see `pb::CommitMapAttemptRequest::peers`).
+    pub winner_peers: Vec<pb::PeerPromise>,
 }
 
 /// Counters of one map attempt's push.
@@ -348,6 +350,21 @@ impl Client {
         attempt_id: u64,
         partitions: Vec<pb::PartitionCount>,
     ) -> Result<CommitOutcome> {
+        self.commit_with_peers(app, shuffle, map_index, attempt_id, partitions, Vec::new())
+            .await
+    }
+
+    /// A commit that also records what the attempt pushed to other servers (`peers`): for the server
+    /// that decides a map spread over several servers.
+    pub async fn commit_with_peers(
+        &self,
+        app: &str,
+        shuffle: u32,
+        map_index: u32,
+        attempt_id: u64,
+        partitions: Vec<pb::PartitionCount>,
+        peers: Vec<pb::PeerPromise>,
+    ) -> Result<CommitOutcome> {
         let r = self
             .inner
             .clone()
@@ -358,6 +375,7 @@ impl Client {
                     map_index,
                     attempt_id,
                     partitions,
+                    peers,
                 },
                 Some(app),
             ))
@@ -374,6 +392,7 @@ impl Client {
         Ok(CommitOutcome {
             committed: r.committed,
             committed_attempt_id: r.committed_attempt_id,
+            winner_peers: r.winner_peers,
         })
     }
 

@@ -17,7 +17,10 @@
 //! [`RecordRead::Corrupted`] (a record followed by more data fails its checksum).
 
 /// Format version written in `shuffle.meta`; see the version log in docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build still reads (version 2 only added an optional section to commit
+/// records, which version 1 records never have).
+pub const FORMAT_VERSION_MIN: u32 = 1;
 
 pub const MAGIC_INDEX: u32 = u32::from_le_bytes(*b"CIDX");
 pub const MAGIC_COMMIT: u32 = u32::from_le_bytes(*b"CCMT");
@@ -30,6 +33,10 @@ pub const CHUNK_HEADER_BYTES: usize = 32;
 pub const INDEX_BLOCK_BYTES: usize = 24;
 /// Bytes of one partition entry in a commit record.
 pub const COMMIT_PARTITION_BYTES: usize = 16;
+/// Most peer promises one commit record holds (and one commit request may carry).
+pub const COMMIT_PEERS_MAX: usize = 4096;
+/// Longest server address in a peer promise.
+pub const PEER_SERVER_BYTES_MAX: usize = 255;
 /// Largest record body accepted when decoding; anything longer is corruption.
 pub const RECORD_BODY_BYTES_MAX: u32 = 64 << 20;
 
@@ -259,6 +266,18 @@ pub struct CommitRecord {
     pub committed_at_ms: u64,
     /// Sorted by partition, no duplicates, no empty partitions.
     pub partitions: Vec<PartitionCount>,
+    /// What the attempt promised on other servers (format version 2; empty when it sent none).
+    pub peers: Vec<PeerPromise>,
+}
+
+/// What a map attempt pushed to another server, kept in the commit record of the server that decided
+/// the map, so that a later attempt can finish the winner's commits there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerPromise {
+    /// 1..=PEER_SERVER_BYTES_MAX bytes of UTF-8.
+    pub server: String,
+    /// Sorted by partition, no duplicates, no empty partitions.
+    pub partitions: Vec<PartitionCount>,
 }
 
 impl CommitRecord {
@@ -266,11 +285,19 @@ impl CommitRecord {
         out.extend_from_slice(&self.map_index.to_le_bytes());
         out.extend_from_slice(&self.attempt_id.to_le_bytes());
         out.extend_from_slice(&self.committed_at_ms.to_le_bytes());
-        out.extend_from_slice(&(self.partitions.len() as u32).to_le_bytes());
-        for p in &self.partitions {
-            out.extend_from_slice(&p.partition_id.to_le_bytes());
-            out.extend_from_slice(&p.blocks.to_le_bytes());
-            out.extend_from_slice(&p.bytes.to_le_bytes());
+        encode_counts(&self.partitions, out);
+        if self.peers.is_empty() {
+            return;
+        }
+        out.extend_from_slice(&(self.peers.len() as u32).to_le_bytes());
+        for peer in &self.peers {
+            assert!(
+                !peer.server.is_empty() && peer.server.len() <= PEER_SERVER_BYTES_MAX,
+                "peer server addresses are checked before they reach a record"
+            );
+            out.extend_from_slice(&(peer.server.len() as u16).to_le_bytes());
+            out.extend_from_slice(peer.server.as_bytes());
+            encode_counts(&peer.partitions, out);
         }
     }
 
@@ -279,32 +306,74 @@ impl CommitRecord {
         let map_index = r.u32()?;
         let attempt_id = r.u64()?;
         let committed_at_ms = r.u64()?;
-        let count = r.u32()? as usize;
-        if r.remaining() != count * COMMIT_PARTITION_BYTES {
-            return Err(format!(
-                "commit record says {count} partitions but holds {} bytes",
-                r.remaining()
-            ));
-        }
-        let mut partitions = Vec::with_capacity(count);
-        for _ in 0..count {
-            partitions.push(PartitionCount {
-                partition_id: r.u32()?,
-                blocks: r.u32()?,
-                bytes: r.u64()?,
-            });
+        let partitions = decode_counts(&mut r)?;
+        let mut peers = Vec::new();
+        if r.remaining() > 0 {
+            let n = r.u32()? as usize;
+            if n == 0 || n > COMMIT_PEERS_MAX {
+                return Err(format!(
+                    "commit record says {n} peers (1..={COMMIT_PEERS_MAX} when present)"
+                ));
+            }
+            for _ in 0..n {
+                let len = r.u16()? as usize;
+                if len == 0 || len > PEER_SERVER_BYTES_MAX {
+                    return Err(format!("peer server address of {len} bytes"));
+                }
+                let server = String::from_utf8(r.bytes(len)?.to_vec())
+                    .map_err(|_| "peer server address is not UTF-8".to_string())?;
+                peers.push(PeerPromise {
+                    server,
+                    partitions: decode_counts(&mut r)?,
+                });
+            }
+            if r.remaining() > 0 {
+                return Err(format!(
+                    "commit record has {} bytes after its peers",
+                    r.remaining()
+                ));
+            }
         }
         Ok(CommitRecord {
             map_index,
             attempt_id,
             committed_at_ms,
             partitions,
+            peers,
         })
     }
 
     pub fn total_blocks(&self) -> u64 {
         self.partitions.iter().map(|p| u64::from(p.blocks)).sum()
     }
+}
+
+fn encode_counts(counts: &[PartitionCount], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(counts.len() as u32).to_le_bytes());
+    for p in counts {
+        out.extend_from_slice(&p.partition_id.to_le_bytes());
+        out.extend_from_slice(&p.blocks.to_le_bytes());
+        out.extend_from_slice(&p.bytes.to_le_bytes());
+    }
+}
+
+fn decode_counts(r: &mut Reader<'_>) -> Result<Vec<PartitionCount>, String> {
+    let count = r.u32()? as usize;
+    if r.remaining() < count.saturating_mul(COMMIT_PARTITION_BYTES) {
+        return Err(format!(
+            "commit record says {count} partitions but holds {} bytes",
+            r.remaining()
+        ));
+    }
+    let mut partitions = Vec::with_capacity(count);
+    for _ in 0..count {
+        partitions.push(PartitionCount {
+            partition_id: r.u32()?,
+            blocks: r.u32()?,
+            bytes: r.u64()?,
+        });
+    }
+    Ok(partitions)
 }
 
 /// What a shuffle is; written once at registration.
@@ -332,9 +401,9 @@ impl ShuffleMeta {
     pub fn decode_body(body: &[u8]) -> Result<ShuffleMeta, String> {
         let mut r = Reader::new(body);
         let format_version = r.u32()?;
-        if format_version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&format_version) {
             return Err(format!(
-                "unsupported format version {format_version} (this build reads {FORMAT_VERSION})"
+                "unsupported format version {format_version} (this build reads {FORMAT_VERSION_MIN}..={FORMAT_VERSION})"
             ));
         }
         let shuffle_id = r.u32()?;
@@ -381,6 +450,10 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| format!("record body truncated at byte {}", self.pos))?;
         self.pos = end;
         Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.bytes(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Result<u32, String> {
         let b = self.bytes(4)?;
@@ -496,14 +569,31 @@ mod tests {
 
         #[test]
         fn commit_records_round_trip(map in any::<u32>(), attempt in any::<u64>(),
-                                     parts in proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u64>()), 0..50)) {
+                                     parts in proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u64>()), 0..50),
+                                     peers in proptest::collection::vec(("[a-z0-9.:]{1,40}", proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u64>()), 0..8)), 0..5)) {
+            let counts = |v: Vec<(u32, u32, u64)>| -> Vec<PartitionCount> {
+                v.into_iter().map(|(p, b, n)| PartitionCount { partition_id: p, blocks: b, bytes: n }).collect()
+            };
             let rec = CommitRecord {
                 map_index: map, attempt_id: attempt, committed_at_ms: 1,
-                partitions: parts.into_iter().map(|(p, b, n)| PartitionCount { partition_id: p, blocks: b, bytes: n }).collect(),
+                partitions: counts(parts),
+                peers: peers.into_iter().map(|(server, p)| PeerPromise { server, partitions: counts(p) }).collect(),
             };
             let mut body = Vec::new();
             rec.encode_body(&mut body);
-            prop_assert_eq!(CommitRecord::decode_body(&body).unwrap(), rec);
+            // Without peers the body is exactly the version 1 layout.
+            if rec.peers.is_empty() {
+                prop_assert_eq!(body.len(), 24 + 16 * rec.partitions.len());
+            }
+            prop_assert_eq!(CommitRecord::decode_body(&body).unwrap(), rec.clone());
+            // A body cut anywhere, or with a byte more, is refused (never misread, never a panic).
+            for cut in 0..body.len() {
+                if cut != 24 + 16 * rec.partitions.len() {
+                    prop_assert!(CommitRecord::decode_body(&body[..cut]).is_err(), "cut at {}", cut);
+                }
+            }
+            body.push(0);
+            prop_assert!(CommitRecord::decode_body(&body).is_err());
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::auth::Auth;
 use crate::error::StoreError;
-use crate::format::PartitionCount;
+use crate::format::{PartitionCount, PeerPromise};
 use crate::ids::{AppId, ShuffleKey};
 use crate::quota::Quota;
 use crate::store::shuffle::PushBlock;
@@ -153,22 +153,30 @@ impl ShuffleService for Service {
         let (md, _, r) = request.into_parts();
         let key = key(&r.app_id, r.shuffle_id)?;
         self.auth.check_app(&md, &key.app)?;
-        let promised = r
-            .partitions
-            .iter()
-            .map(|p| PartitionCount {
-                partition_id: p.partition_id,
-                blocks: p.blocks,
-                bytes: p.bytes,
+        let promised = r.partitions.iter().map(count_from_pb).collect();
+        let peers = r
+            .peers
+            .into_iter()
+            .map(|p| PeerPromise {
+                server: p.server,
+                partitions: p.partitions.iter().map(count_from_pb).collect(),
             })
             .collect();
         let res = self
             .store
-            .commit(&key, r.map_index, r.attempt_id, promised)
+            .commit(&key, r.map_index, r.attempt_id, promised, peers)
             .await?;
         Ok(Response::new(pb::CommitMapAttemptResponse {
             committed: res.committed,
             committed_attempt_id: res.committed_attempt_id,
+            winner_peers: res
+                .winner_peers
+                .into_iter()
+                .map(|p| pb::PeerPromise {
+                    server: p.server,
+                    partitions: p.partitions.iter().map(count_to_pb).collect(),
+                })
+                .collect(),
         }))
     }
 
@@ -376,4 +384,20 @@ async fn push_batch(
     }
     ack.memory_used_bytes = store.memory.used_bytes();
     Ok(ack)
+}
+
+fn count_from_pb(p: &pb::PartitionCount) -> PartitionCount {
+    PartitionCount {
+        partition_id: p.partition_id,
+        blocks: p.blocks,
+        bytes: p.bytes,
+    }
+}
+
+fn count_to_pb(p: &PartitionCount) -> pb::PartitionCount {
+    pb::PartitionCount {
+        partition_id: p.partition_id,
+        blocks: p.blocks,
+        bytes: p.bytes,
+    }
 }

@@ -16,6 +16,8 @@ ADMINS = os.environ.get("CROUPIER_ADMINS", "").split(",")
 JAR = os.environ.get("CROUPIER_SPARK_JAR", "")
 WORK = os.environ.get("CROUPIER_IT_WORK", "")
 LEASE_MS = int(os.environ.get("CROUPIER_LEASE_MS", "300000"))
+# The plugin's test fault hook (spark.croupier.test.faultDir) watches this directory in the shared session.
+FAULT_DIR = os.path.join(WORK, "faults") if WORK else ""
 
 
 def server_status(i, timeout=5):
@@ -80,6 +82,9 @@ def base_builder(master="local-cluster[2,1,1024]", app_name="croupier-it", extra
         # Map outputs survive executor loss (reliable storage declared by our ShuffleDataIO). The plugin sets
         # this itself when it is unset (the Kryo session checks that); here it is set explicitly.
         b = b.config("spark.shuffle.sort.io.plugin.class", "io.croupier.spark.CroupierShuffleDataIO")
+    if FAULT_DIR:
+        os.makedirs(FAULT_DIR, exist_ok=True)
+        b = b.config("spark.croupier.test.faultDir", FAULT_DIR)
     for k, v in (extra or {}).items():
         b = b.config(k, v)
     return b

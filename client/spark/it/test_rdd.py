@@ -4,7 +4,7 @@ import hashlib
 import os
 import random
 
-from conftest import ThroughCroupier, WORK
+from conftest import FAULT_DIR, ThroughCroupier, WORK
 
 
 def test_reduce_by_key(sc):
@@ -119,6 +119,29 @@ def test_task_failing_after_partial_push(sc, tmp_path):
     # The failed attempt pushed data before dying: the server received more than in the clean run, yet the
     # result holds each record exactly once (the aborted attempt was never committed, so never served).
     assert sum(failed.pushed) > sum(clean.pushed) + (1 << 20), (failed.pushed, clean.pushed)
+
+
+def test_map_dying_between_its_commits_is_finished_by_the_retry(sc):
+    """A map attempt commits on its leader server, then dies before committing on the other server (the
+    plugin's test fault hook). Its retry loses on the leader, commits the winner on the other server with
+    the counts the leader recorded, and reports the winner: the reducers read the winner's data from both
+    servers. Without that step the other server never has a commit for the map and the job fails."""
+    assert FAULT_DIR, "run through it/run.sh (CROUPIER_IT_WORK)"
+    fault = os.path.join(FAULT_DIR, "die-after-leader-commit")
+    open(fault, "w").close()
+    n = 40_000
+    expected = collections.defaultdict(int)
+    for x in range(n):
+        expected[x % 97] += x
+    try:
+        with ThroughCroupier(all_servers=True):
+            got = dict(sc.parallelize(range(n), 4).map(lambda x: (x % 97, x))
+                       .reduceByKey(lambda a, b: a + b, 16).collect())
+        assert not os.path.exists(fault), "no map attempt took the injected fault"
+    finally:
+        if os.path.exists(fault):
+            os.remove(fault)
+    assert got == dict(expected)
 
 
 def test_jvm_aggregator_and_key_ordering(sc, tmp_path):

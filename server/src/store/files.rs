@@ -485,7 +485,7 @@ impl ShuffleFiles {
     /// On error nothing of this call stays in the files.
     pub fn append_chunks(
         &mut self,
-        chunks: &[PendingChunk],
+        chunks: &[&PendingChunk],
         new_segments: &mut Vec<(u32, Arc<File>)>,
     ) -> Result<Vec<WrittenChunk>> {
         let mut written = Vec::with_capacity(chunks.len());

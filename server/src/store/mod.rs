@@ -56,6 +56,8 @@ pub enum PushResult {
 pub struct CommitResult {
     pub committed: bool,
     pub committed_attempt_id: u64,
+    /// The winner's promises on other servers, as recorded here.
+    pub winner_peers: Vec<crate::format::PeerPromise>,
 }
 
 pub struct FetchRequest {
@@ -476,6 +478,7 @@ impl Store {
         map_index: u32,
         attempt_id: u64,
         promised: Vec<PartitionCount>,
+        peers: Vec<crate::format::PeerPromise>,
     ) -> Result<CommitResult> {
         let shuffle = self.shuffle(key)?;
         let started = Instant::now();
@@ -483,11 +486,18 @@ impl Store {
             let changed = shuffle.commit_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match shuffle.begin_commit(map_index, attempt_id, promised.clone(), now_ms())? {
+            match shuffle.begin_commit(
+                map_index,
+                attempt_id,
+                promised.clone(),
+                peers.clone(),
+                now_ms(),
+            )? {
                 CommitStart::Done(winner) => {
                     return Ok(CommitResult {
-                        committed: winner == attempt_id,
-                        committed_attempt_id: winner,
+                        committed: winner.attempt_id == attempt_id,
+                        committed_attempt_id: winner.attempt_id,
+                        winner_peers: winner.peers.clone(),
                     })
                 }
                 CommitStart::Wait => {
@@ -514,6 +524,7 @@ impl Store {
                     return Ok(CommitResult {
                         committed: true,
                         committed_attempt_id: attempt_id,
+                        winner_peers: peers,
                     });
                 }
             }

@@ -16,7 +16,10 @@ use super::disk::{Disk, WriteJob};
 use super::files::{BufferedBlock, PendingChunk, ShuffleFiles, WrittenChunk};
 use super::memory::MemoryBudget;
 use crate::error::{Result, StoreError};
-use crate::format::{CommitRecord, PartitionCount, CHUNK_HEADER_BYTES};
+use crate::format::{
+    CommitRecord, PartitionCount, PeerPromise, CHUNK_HEADER_BYTES, COMMIT_PEERS_MAX,
+    PEER_SERVER_BYTES_MAX,
+};
 use crate::ids::ShuffleKey;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -117,8 +120,8 @@ pub enum PushOutcome {
 }
 
 pub enum CommitStart {
-    /// This or another attempt already committed the map.
-    Done(u64),
+    /// This or another attempt already committed the map: its record.
+    Done(Arc<CommitRecord>),
     /// Another attempt is committing: wait for `commit_changed`, then ask again.
     Wait,
     /// The commit job is queued behind every write holding the attempt's blocks; await its answer, then
@@ -480,6 +483,7 @@ impl Shuffle {
         map_index: u32,
         attempt_id: u64,
         mut promised: Vec<PartitionCount>,
+        mut peers: Vec<PeerPromise>,
         now_ms: u64,
     ) -> Result<CommitStart> {
         if map_index >= self.num_maps {
@@ -491,28 +495,8 @@ impl Shuffle {
                 ),
             ));
         }
-        promised.retain(|p| p.blocks > 0 || p.bytes > 0);
-        promised.sort_unstable_by_key(|p| p.partition_id);
-        for w in promised.windows(2) {
-            if w[0].partition_id == w[1].partition_id {
-                return Err(StoreError::invalid(
-                    "partitions.partition_id",
-                    format!("partition {} is listed twice", w[0].partition_id),
-                ));
-            }
-        }
-        if let Some(p) = promised
-            .iter()
-            .find(|p| p.partition_id >= self.num_partitions)
-        {
-            return Err(StoreError::invalid(
-                "partitions.partition_id",
-                format!(
-                    "{} is out of range: {} has {} partitions",
-                    p.partition_id, self.key, self.num_partitions
-                ),
-            ));
-        }
+        self.normalize_counts(&mut promised, "partitions.partition_id")?;
+        self.check_peers(&mut peers, promised.len())?;
         let mut guard = self.state.lock();
         let st = &mut *guard;
         if self.is_deleted() {
@@ -522,7 +506,7 @@ impl Shuffle {
             )));
         }
         match &st.maps[map_index as usize] {
-            MapCommit::Committed(r) => return Ok(CommitStart::Done(r.attempt_id)),
+            MapCommit::Committed(r) => return Ok(CommitStart::Done(r.clone())),
             MapCommit::Committing(_) => return Ok(CommitStart::Wait),
             MapCommit::Open => {}
         }
@@ -559,6 +543,7 @@ impl Shuffle {
             attempt_id,
             committed_at_ms: now_ms,
             partitions: promised,
+            peers,
         };
         let (tx, rx) = oneshot::channel();
         self.enqueue_locked(chunks, Some(record.clone()), Some(tx))?;
@@ -567,6 +552,82 @@ impl Shuffle {
             written: rx,
             record,
         })
+    }
+
+    /// Drops empty entries and sorts by partition; refuses duplicates and partitions out of range.
+    fn normalize_counts(
+        &self,
+        counts: &mut Vec<PartitionCount>,
+        field: &'static str,
+    ) -> Result<()> {
+        counts.retain(|p| p.blocks > 0 || p.bytes > 0);
+        counts.sort_unstable_by_key(|p| p.partition_id);
+        for w in counts.windows(2) {
+            if w[0].partition_id == w[1].partition_id {
+                return Err(StoreError::invalid(
+                    field,
+                    format!("partition {} is listed twice", w[0].partition_id),
+                ));
+            }
+        }
+        if let Some(p) = counts
+            .iter()
+            .find(|p| p.partition_id >= self.num_partitions)
+        {
+            return Err(StoreError::invalid(
+                field,
+                format!(
+                    "{} is out of range: {} has {} partitions",
+                    p.partition_id, self.key, self.num_partitions
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a commit's peer promises: at most [`COMMIT_PEERS_MAX`] distinct servers with addresses of
+    /// 1..=[`PEER_SERVER_BYTES_MAX`] bytes, and, since every partition lives on one server, no more
+    /// entries in all (this server's included) than the shuffle has partitions. Peers without data go.
+    fn check_peers(&self, peers: &mut Vec<PeerPromise>, own_entries: usize) -> Result<()> {
+        if peers.len() > COMMIT_PEERS_MAX {
+            return Err(StoreError::invalid(
+                "peers",
+                format!("{} peers; at most {COMMIT_PEERS_MAX}", peers.len()),
+            ));
+        }
+        let mut entries = own_entries;
+        for peer in peers.iter_mut() {
+            if peer.server.is_empty() || peer.server.len() > PEER_SERVER_BYTES_MAX {
+                return Err(StoreError::invalid(
+                    "peers.server",
+                    format!(
+                        "address of {} bytes; 1..={PEER_SERVER_BYTES_MAX} expected",
+                        peer.server.len()
+                    ),
+                ));
+            }
+            self.normalize_counts(&mut peer.partitions, "peers.partitions.partition_id")?;
+            entries += peer.partitions.len();
+        }
+        if entries > self.num_partitions as usize {
+            return Err(StoreError::invalid(
+                "peers.partitions",
+                format!(
+                    "{entries} partition entries in all, but {} has {} partitions (each lives on one server)",
+                    self.key, self.num_partitions
+                ),
+            ));
+        }
+        peers.retain(|p| !p.partitions.is_empty());
+        let mut names: Vec<&str> = peers.iter().map(|p| p.server.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(StoreError::invalid(
+                "peers.server",
+                format!("{} is listed twice", w[0]),
+            ));
+        }
+        Ok(())
     }
 
     /// Called by the disk writer before it writes a commit record: an attempt that lost blocks in an

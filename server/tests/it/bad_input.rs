@@ -204,6 +204,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_touches_no_other_app
         map_index: 1,
         attempt_id: 1,
         partitions: pc1,
+        peers: Vec::new(),
     };
     assert!(
         raw.commit_map_attempt(c)
@@ -240,6 +241,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_touches_no_other_app
         map_index: 0,
         attempt_id: 1,
         partitions: parts,
+        peers: Vec::new(),
     };
     let pc = |p, blocks, bytes| pb::PartitionCount {
         partition_id: p,

@@ -90,6 +90,14 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             blocks: 1,
             bytes: 20,
         }],
+        peers: vec![format::PeerPromise {
+            server: "10.0.0.2:19870".into(),
+            partitions: vec![PartitionCount {
+                partition_id: 4,
+                blocks: 2,
+                bytes: 30,
+            }],
+        }],
     };
     let meta = ShuffleMeta {
         format_version: format::FORMAT_VERSION,
@@ -161,6 +169,14 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             partition_id: 1,
             blocks: 1,
             bytes: 7,
+        }],
+        peers: vec![pb::PeerPromise {
+            server: "127.0.0.1:19872".into(),
+            partitions: vec![pb::PartitionCount {
+                partition_id: 2,
+                blocks: 1,
+                bytes: 9,
+            }],
         }],
     };
     out.push(("commit.pb".into(), commit.encode_to_vec()));

@@ -12,6 +12,7 @@ mod integrity;
 mod lifecycle;
 mod memory;
 mod model;
+mod multi_server;
 mod ops;
 mod round_trip;
 mod security;

@@ -10,6 +10,8 @@ import io.croupier.spark.client.MapPusher;
 import io.croupier.spark.client.PushSession;
 import io.grpc.Status;
 import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Paths;
 import java.util.List;
 import org.apache.spark.Aggregator;
 import org.apache.spark.Partitioner;
@@ -214,6 +216,28 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     return count;
   }
 
+  /**
+   * Testing only: when set to a directory, the first map attempt to find a file named
+   * {@value #TEST_DIE_AFTER_LEADER_COMMIT_FILE} there deletes it and fails right after its leader commit,
+   * before committing on the other servers (the integration tests' half-commit case). Unset: no effect.
+   */
+  public static final String TEST_FAULT_DIR_KEY = "spark.croupier.test.faultDir";
+  static final String TEST_DIE_AFTER_LEADER_COMMIT_FILE = "die-after-leader-commit";
+
+  private MapCommitter.AfterLeaderCommit testFaultAfterLeader() {
+    String dir = SparkEnv.get().conf().get(TEST_FAULT_DIR_KEY, "");
+    if (dir.isEmpty()) {
+      return () -> { };
+    }
+    return () -> {
+      // deleteIfExists is atomic: one attempt in the whole application takes the fault.
+      if (Files.deleteIfExists(Paths.get(dir, TEST_DIE_AFTER_LEADER_COMMIT_FILE))) {
+        throw new IOException("Croupier test fault (" + TEST_FAULT_DIR_KEY + "): shuffle " + handle.shuffleId()
+            + " map " + mapIndex + " attempt " + attemptId + " dies after its leader commit");
+      }
+    };
+  }
+
   private long commit(List<String> servers, String app, int shuffleId) throws IOException {
     ClientConf cc = handle.clientConf();
     return MapCommitter.commit((s, req) -> {
@@ -227,7 +251,7 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
             + ", attempt=" + attemptId + ") on server " + servers.get(s) + " failed: " + CroupierSecurity.describe(st),
             e);
       }
-    }, pusher, servers, app, shuffleId, mapIndex, attemptId);
+    }, pusher, servers, app, shuffleId, mapIndex, attemptId, testFaultAfterLeader());
   }
 
   @Override

@@ -3,6 +3,7 @@ package io.croupier.spark.client;
 import io.croupier.proto.v1.CommitMapAttemptRequest;
 import io.croupier.proto.v1.CommitMapAttemptResponse;
 import io.croupier.proto.v1.PartitionCount;
+import io.croupier.proto.v1.PeerPromise;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
@@ -12,14 +13,22 @@ import java.util.List;
  * on all servers.
  *
  * <p>Each server decides "first commit wins" on its own. To make the servers agree, every attempt first
- * commits on the map's leader server ({@code mapIndex % numServers}), even with nothing pushed there.
- * An attempt that loses on the leader stops and reports the leader's winner; so only the leader's
- * winner ever commits on the other servers.
+ * commits on the map's leader server ({@code mapIndex % numServers}), even with nothing pushed there,
+ * and tells the leader what it pushed to each other server ({@code peers}); then it commits on those
+ * servers. An attempt that loses on the leader gets the winner's peer promises back and commits the
+ * winner on those servers itself (a repeated commit of the same attempt is a no-op): so only the leader's
+ * winner ever commits on the other servers, and a winner that died between its commits is still
+ * committed everywhere once any later attempt of the map reaches this point.
  */
 public final class MapCommitter {
   /** One CommitMapAttempt call. */
   public interface CommitCall {
     CommitMapAttemptResponse commit(int server, CommitMapAttemptRequest request) throws IOException;
+  }
+
+  /** Runs after the leader accepted the attempt, before the other servers (a test fault hook). */
+  public interface AfterLeaderCommit {
+    void run() throws IOException;
   }
 
   private MapCommitter() {}
@@ -44,33 +53,75 @@ public final class MapCommitter {
   /** Returns the attempt id that won the map (ours, or the earlier winner's). */
   public static long commit(CommitCall call, MapPusher pusher, List<String> servers, String appId, int shuffleId,
       int mapIndex, long attemptId) throws IOException {
+    return commit(call, pusher, servers, appId, shuffleId, mapIndex, attemptId, () -> { });
+  }
+
+  /** As {@link #commit(CommitCall, MapPusher, List, String, int, int, long)}, with a hook after the leader. */
+  public static long commit(CommitCall call, MapPusher pusher, List<String> servers, String appId, int shuffleId,
+      int mapIndex, long attemptId, AfterLeaderCommit afterLeader) throws IOException {
     List<Integer> order = commitOrder(pusher, mapIndex, servers.size());
-    boolean first = true;
-    for (int s : order) {
-      List<PartitionCount> counts = pusher.partitionCounts(s);
-      CommitMapAttemptRequest req = CommitMapAttemptRequest.newBuilder()
-          .setAppId(appId)
-          .setShuffleId(shuffleId)
-          .setMapIndex(mapIndex)
-          .setAttemptId(attemptId)
-          .addAllPartitions(counts)
-          .build();
-      CommitMapAttemptResponse resp = call.commit(s, req);
+    int leader = order.get(0);
+    CommitMapAttemptRequest.Builder first = request(appId, shuffleId, mapIndex, attemptId,
+        pusher.partitionCounts(leader));
+    for (int s : order.subList(1, order.size())) {
+      first.addPeers(PeerPromise.newBuilder().setServer(servers.get(s)).addAllPartitions(pusher.partitionCounts(s)));
+    }
+    CommitMapAttemptResponse resp = call.commit(leader, first.build());
+    if (!resp.getCommitted()) {
+      long winner = resp.getCommittedAttemptId();
+      commitWinnerOnPeers(call, servers, appId, shuffleId, mapIndex, winner, resp.getWinnerPeersList());
+      return winner;
+    }
+    checkAnswer(resp, servers.get(leader), attemptId);
+    afterLeader.run();
+    for (int s : order.subList(1, order.size())) {
+      resp = call.commit(s, request(appId, shuffleId, mapIndex, attemptId, pusher.partitionCounts(s)).build());
       if (!resp.getCommitted()) {
-        if (first) {
-          return resp.getCommittedAttemptId();
-        }
         throw new IOException("map " + mapIndex + " of shuffle " + shuffleId + ": attempt " + attemptId
-            + " won on server " + servers.get(order.get(0)) + " but server " + servers.get(s)
+            + " won on server " + servers.get(leader) + " but server " + servers.get(s)
             + " already committed attempt " + resp.getCommittedAttemptId()
-            + " (an earlier attempt died half-way through its commits)");
+            + " (that server's commits do not follow its leader: was the server list changed mid-shuffle?)");
       }
-      if (resp.getCommittedAttemptId() != attemptId && resp.getCommittedAttemptId() != 0) {
-        throw new IOException("server " + servers.get(s) + " answered committed=true with attempt "
-            + resp.getCommittedAttemptId() + " for attempt " + attemptId);
-      }
-      first = false;
+      checkAnswer(resp, servers.get(s), attemptId);
     }
     return attemptId;
+  }
+
+  /**
+   * Commits the leader's winner on every server it promised data to (it may have died before doing so
+   * itself), with the counts it gave the leader.
+   */
+  static void commitWinnerOnPeers(CommitCall call, List<String> servers, String appId, int shuffleId, int mapIndex,
+      long winner, List<PeerPromise> peers) throws IOException {
+    for (PeerPromise peer : peers) {
+      int s = servers.indexOf(peer.getServer());
+      if (s < 0) {
+        throw new IOException("map " + mapIndex + " of shuffle " + shuffleId + ": the winning attempt " + winner
+            + " pushed to server " + peer.getServer() + ", which is not in this shuffle's server list " + servers);
+      }
+      CommitMapAttemptResponse r = call.commit(s,
+          request(appId, shuffleId, mapIndex, winner, peer.getPartitionsList()).build());
+      if (!r.getCommitted() || r.getCommittedAttemptId() != winner) {
+        throw new IOException("map " + mapIndex + " of shuffle " + shuffleId + ": server " + servers.get(s)
+            + " committed attempt " + r.getCommittedAttemptId() + " but the leader's winner is attempt " + winner);
+      }
+    }
+  }
+
+  private static CommitMapAttemptRequest.Builder request(String appId, int shuffleId, int mapIndex, long attemptId,
+      List<PartitionCount> counts) {
+    return CommitMapAttemptRequest.newBuilder()
+        .setAppId(appId)
+        .setShuffleId(shuffleId)
+        .setMapIndex(mapIndex)
+        .setAttemptId(attemptId)
+        .addAllPartitions(counts);
+  }
+
+  private static void checkAnswer(CommitMapAttemptResponse resp, String server, long attemptId) throws IOException {
+    if (resp.getCommittedAttemptId() != attemptId && resp.getCommittedAttemptId() != 0) {
+      throw new IOException("server " + server + " answered committed=true with attempt "
+          + resp.getCommittedAttemptId() + " for attempt " + attemptId);
+    }
   }
 }

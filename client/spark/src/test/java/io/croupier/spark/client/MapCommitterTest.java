@@ -2,8 +2,11 @@ package io.croupier.spark.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.croupier.proto.v1.CommitMapAttemptRequest;
 import io.croupier.proto.v1.CommitMapAttemptResponse;
+import io.croupier.proto.v1.PeerPromise;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -14,14 +17,30 @@ import org.junit.jupiter.api.Test;
 class MapCommitterTest {
   private static final List<String> SERVERS = List.of("a:1", "b:1", "c:1");
 
-  /** Each server: first attempt to commit a map wins. */
-  private final List<Map<Integer, Long>> winners = List.of(new HashMap<>(), new HashMap<>(), new HashMap<>());
+  /** Each server: the first attempt to commit a map wins; its request (counts, peers) is kept. */
+  private final List<Map<Integer, CommitMapAttemptRequest>> winners =
+      List.of(new HashMap<>(), new HashMap<>(), new HashMap<>());
   private final List<Integer> calls = new ArrayList<>();
+  private final List<CommitMapAttemptRequest> requests = new ArrayList<>();
+  /** Attempt ids whose calls to non-leader servers fail (the task dies after its leader commit). */
+  private long dieAfterLeader = -1;
 
   private final MapCommitter.CommitCall call = (s, req) -> {
+    if (req.getAttemptId() == dieAfterLeader && s != MapCommitter.leader(req.getMapIndex(), SERVERS.size())) {
+      throw new IOException("executor lost");
+    }
     calls.add(s);
-    long w = winners.get(s).computeIfAbsent(req.getMapIndex(), k -> req.getAttemptId());
-    return CommitMapAttemptResponse.newBuilder().setCommitted(w == req.getAttemptId()).setCommittedAttemptId(w).build();
+    requests.add(req);
+    CommitMapAttemptRequest w = winners.get(s).computeIfAbsent(req.getMapIndex(), k -> req);
+    if (w.getAttemptId() == req.getAttemptId()) {
+      // A server refuses a commit whose counts do not match what the attempt pushed.
+      assertEquals(w.getPartitionsList(), req.getPartitionsList());
+    }
+    return CommitMapAttemptResponse.newBuilder()
+        .setCommitted(w.getAttemptId() == req.getAttemptId())
+        .setCommittedAttemptId(w.getAttemptId())
+        .addAllWinnerPeers(w.getPeersList())
+        .build();
   };
 
   private MapPusher pusherWithDataOn(int... servers) throws IOException {
@@ -35,26 +54,69 @@ class MapCommitterTest {
   }
 
   @Test
-  void leaderFirstEvenWithoutData() throws IOException {
+  void leaderFirstEvenWithoutDataAndItRecordsThePeerPromises() throws IOException {
     MapPusher p = pusherWithDataOn(0, 2);
     assertEquals(7, MapCommitter.commit(call, p, SERVERS, "app", 1, 4, 7)); // leader of map 4 is server 1
     assertEquals(List.of(1, 0, 2), calls);
+    List<PeerPromise> peers = requests.get(0).getPeersList();
+    assertEquals(2, peers.size());
+    assertEquals("a:1", peers.get(0).getServer());
+    assertEquals(p.partitionCounts(0), peers.get(0).getPartitionsList());
+    assertEquals("c:1", peers.get(1).getServer());
+    assertEquals(p.partitionCounts(2), peers.get(1).getPartitionsList());
+    // Only the leader's request carries peers.
+    assertTrue(requests.get(1).getPeersList().isEmpty() && requests.get(2).getPeersList().isEmpty());
   }
 
   @Test
-  void loserOnLeaderStopsAndReportsTheWinner() throws IOException {
+  void loserOnLeaderReportsTheWinnerAndOnlyEverCommitsTheWinner() throws IOException {
     MapPusher first = pusherWithDataOn(0, 1, 2);
     assertEquals(10, MapCommitter.commit(call, first, SERVERS, "app", 1, 0, 10));
     calls.clear();
+    requests.clear();
     MapPusher second = pusherWithDataOn(0, 1);
     assertEquals(10, MapCommitter.commit(call, second, SERVERS, "app", 1, 0, 11));
-    assertEquals(List.of(0), calls); // never touched server 1
-    assertEquals(10L, winners.get(1).get(0));
+    // The winner's peer commits are repeated (idempotent); attempt 11 never commits anywhere.
+    assertEquals(List.of(0, 1, 2), calls);
+    for (CommitMapAttemptRequest r : requests.subList(1, requests.size())) {
+      assertEquals(10, r.getAttemptId());
+    }
+    for (int s = 0; s < 3; s++) {
+      assertEquals(10L, winners.get(s).get(0).getAttemptId());
+    }
+  }
+
+  @Test
+  void aWinnerThatDiedAfterItsLeaderCommitIsCommittedOnItsPeersByTheRetry() throws IOException {
+    dieAfterLeader = 20;
+    MapPusher first = pusherWithDataOn(0, 1, 2);
+    assertThrows(IOException.class, () -> MapCommitter.commit(call, first, SERVERS, "app", 1, 0, 20));
+    assertEquals(20L, winners.get(0).get(0).getAttemptId());
+    assertTrue(winners.get(1).isEmpty() && winners.get(2).isEmpty(), "half-committed");
+    dieAfterLeader = -1;
+
+    MapPusher retry = pusherWithDataOn(0, 1, 2);
+    assertEquals(20, MapCommitter.commit(call, retry, SERVERS, "app", 1, 0, 21));
+    for (int s = 1; s < 3; s++) {
+      CommitMapAttemptRequest w = winners.get(s).get(0);
+      assertEquals(20L, w.getAttemptId(), "server " + s);
+      assertEquals(first.partitionCounts(s), w.getPartitionsList(), "the winner's own counts, from the leader");
+    }
+  }
+
+  @Test
+  void aWinnerOnAServerOutsideTheListIsAClearError() throws IOException {
+    winners.get(0).put(0, CommitMapAttemptRequest.newBuilder().setMapIndex(0).setAttemptId(30)
+        .addPeers(PeerPromise.newBuilder().setServer("gone:1")).build());
+    MapPusher p = pusherWithDataOn(0);
+    IOException e = assertThrows(IOException.class, () -> MapCommitter.commit(call, p, SERVERS, "app", 1, 0, 31));
+    assertTrue(e.getMessage().contains("gone:1"), e.getMessage());
   }
 
   @Test
   void splitWinnersAreAnError() throws IOException {
-    winners.get(2).put(0, 99L); // a previous attempt died after committing only on server 2
+    // A non-leader server with another winner than the leader (not reachable through this committer).
+    winners.get(2).put(0, CommitMapAttemptRequest.newBuilder().setMapIndex(0).setAttemptId(99).build());
     MapPusher p = pusherWithDataOn(0, 2);
     assertThrows(IOException.class, () -> MapCommitter.commit(call, p, SERVERS, "app", 1, 0, 12));
   }
