@@ -151,6 +151,12 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             "memory at its hard limit\n",
         );
     }
+    if st.memory.metadata_full() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metadata at metadata_bytes_max\n",
+        );
+    }
     (StatusCode::OK, "ready\n")
 }
 
@@ -215,6 +221,8 @@ pub fn refresh_gauges(store: &Store) {
     metrics::gauge!("croupier_memory_used_bytes").set(st.memory_used_bytes as f64);
     metrics::gauge!("croupier_memory_peak_bytes").set(st.memory_peak_bytes as f64);
     metrics::gauge!("croupier_memory_budget_bytes").set(st.memory_limit_bytes as f64);
+    metrics::gauge!("croupier_metadata_bytes").set(st.metadata_bytes as f64);
+    metrics::gauge!("croupier_metadata_limit_bytes").set(st.metadata_limit_bytes as f64);
     metrics::gauge!("croupier_memory_high_watermark_bytes")
         .set(st.memory_high_watermark_bytes as f64);
     metrics::gauge!("croupier_apps_active").set(st.apps as f64);

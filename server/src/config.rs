@@ -55,6 +55,11 @@ pub struct Config {
     pub memory_budget_bytes: u64,
     /// Above this fraction of the budget, the largest partition buffers are flushed early.
     pub memory_high_watermark_ratio: f64,
+    /// Upper bound of the metadata kept in memory for stored data (block index entries, about 40 bytes
+    /// per stored block, and commit records). At the limit pushes are refused (RESOURCE_EXHAUSTED) until
+    /// shuffles are unregistered. Only tiny blocks come near it: 512 MiB indexes ~13 million blocks.
+    #[serde(deserialize_with = "de_size")]
+    pub metadata_bytes_max: u64,
     /// How long a push waits for memory before it is refused with RETRY_LATER.
     pub push_wait_ms_max: u64,
     /// The retry-after hint sent with RETRY_LATER.
@@ -129,6 +134,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:19871".parse().expect("literal address"),
             data_dirs: vec![PathBuf::from("./croupier-data")],
             memory_budget_bytes: 1 << 30,
+            metadata_bytes_max: 512 << 20,
             memory_high_watermark_ratio: 0.75,
             push_wait_ms_max: 1_000,
             push_retry_after_ms: 200,
@@ -190,6 +196,9 @@ impl Config {
                 "memory_budget_bytes ({}) must be at least 4 x message_bytes_max ({})",
                 self.memory_budget_bytes, self.message_bytes_max
             ));
+        }
+        if self.metadata_bytes_max < 1 << 20 {
+            return Err("metadata_bytes_max: must be at least 1MiB".into());
         }
         if !(0.1..=1.0).contains(&self.memory_high_watermark_ratio) {
             return Err("memory_high_watermark_ratio: must be within 0.1 ..= 1.0".into());

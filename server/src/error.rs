@@ -37,6 +37,10 @@ pub enum StoreError {
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
 
+    /// The server's in-memory metadata (block index, commit records) is at `metadata_bytes_max`.
+    #[error("metadata full: {0}")]
+    MetadataFull(String),
+
     /// Stored data failed its checksum or is missing: it is never served.
     #[error("DATA_CORRUPTED: {0}")]
     DataCorrupted(String),
@@ -74,6 +78,7 @@ impl StoreError {
             },
             StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
             StoreError::QuotaExceeded(m) => StoreError::QuotaExceeded(m.clone()),
+            StoreError::MetadataFull(m) => StoreError::MetadataFull(m.clone()),
             StoreError::DataCorrupted(m) => StoreError::DataCorrupted(m.clone()),
             StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
             StoreError::Io { path, source } => StoreError::Io {
@@ -107,6 +112,7 @@ impl StoreError {
             StoreError::Overloaded { .. } => "memory",
             StoreError::NoSpace(_) => "no_space",
             StoreError::QuotaExceeded(_) => "quota",
+            StoreError::MetadataFull(_) => "metadata",
             StoreError::DataCorrupted(_) => "data_corrupted",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Io { .. } => "io",
@@ -124,6 +130,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::Overloaded { .. } => tonic::Status::resource_exhausted(message),
             StoreError::NoSpace(_) => tonic::Status::resource_exhausted(message),
             StoreError::QuotaExceeded(_) => tonic::Status::resource_exhausted(message),
+            StoreError::MetadataFull(_) => tonic::Status::resource_exhausted(message),
             StoreError::DataCorrupted(_) => tonic::Status::data_loss(message),
             StoreError::Unavailable(_) => tonic::Status::unavailable(message),
             StoreError::Io { .. } => tonic::Status::unavailable(message),

@@ -3,7 +3,13 @@
 //!
 //! Two thresholds act on it. Above the high watermark the flusher writes the largest partition buffers
 //! early. At the limit a push waits (bounded by `push_wait_ms_max`) for memory to be released and is then
-//! refused with RETRY_LATER: the server slows or refuses pushes instead of growing.
+//! refused with RETRY_LATER: the server slows or refuses pushes instead of growing. A batch is charged its
+//! payload plus [`BLOCK_OVERHEAD_BYTES`] per block, so a stream of tiny blocks cannot hide its real size.
+//!
+//! A second, separate counter holds the **metadata** the server keeps for stored data: the in-memory block
+//! index (one [`BlockLoc`](super::shuffle::BlockLoc) per stored block) and commit records. It grows with
+//! what is stored, not with what is buffered, and only goes down when shuffles are deleted; at
+//! `metadata_bytes_max` pushes are refused with RESOURCE_EXHAUSTED until some are.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +27,15 @@ pub struct MemoryBudget {
     pub flush_wanted: Notify,
     /// Highest `used_bytes` seen, for status and tests.
     peak_bytes: AtomicU64,
+    /// Bytes of block index entries and commit records held in memory (see the module doc).
+    metadata_bytes: AtomicU64,
+    pub metadata_limit_bytes: u64,
 }
+
+/// Memory a buffered block costs beyond its payload: its entry in a partition buffer and its share of
+/// the push message's framing (which stays allocated with the payload).
+pub const BLOCK_OVERHEAD_BYTES: u64 =
+    std::mem::size_of::<super::files::BufferedBlock>() as u64 + 24;
 
 pub enum Acquire {
     Granted,
@@ -40,6 +54,39 @@ impl MemoryBudget {
             released: Notify::new(),
             flush_wanted: Notify::new(),
             peak_bytes: AtomicU64::new(0),
+            metadata_bytes: AtomicU64::new(0),
+            metadata_limit_bytes: u64::MAX,
+        }
+    }
+
+    /// Sets the metadata limit (before the budget is shared).
+    pub fn with_metadata_limit(mut self, bytes: u64) -> Self {
+        self.metadata_limit_bytes = bytes;
+        self
+    }
+
+    pub fn metadata_bytes(&self) -> u64 {
+        self.metadata_bytes.load(Ordering::Acquire)
+    }
+
+    /// True when stored metadata has reached its limit: pushes are refused.
+    pub fn metadata_full(&self) -> bool {
+        self.metadata_bytes() >= self.metadata_limit_bytes
+    }
+
+    /// Metadata grew by `bytes` (positive) or shrank (negative).
+    pub fn metadata_changed(&self, delta: i64) {
+        if delta >= 0 {
+            self.metadata_bytes
+                .fetch_add(delta as u64, Ordering::AcqRel);
+        } else {
+            let before = self
+                .metadata_bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+            assert!(
+                before >= delta.unsigned_abs(),
+                "metadata released more than it held"
+            );
         }
     }
 

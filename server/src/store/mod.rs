@@ -111,6 +111,8 @@ pub struct StatusSnapshot {
     pub memory_peak_bytes: u64,
     pub memory_high_watermark_bytes: u64,
     pub memory_limit_bytes: u64,
+    pub metadata_bytes: u64,
+    pub metadata_limit_bytes: u64,
     pub apps: usize,
     pub shuffles: Vec<ShuffleSnapshot>,
     pub disks: Vec<DiskSnapshot>,
@@ -142,10 +144,13 @@ impl Store {
     /// Opens every data dir, recovers the shuffles found there, and starts the disk writers.
     pub fn open(config: Config) -> Result<Arc<Store>, String> {
         config.validate()?;
-        let memory = Arc::new(MemoryBudget::new(
-            config.memory_budget_bytes,
-            config.memory_high_watermark_bytes(),
-        ));
+        let memory = Arc::new(
+            MemoryBudget::new(
+                config.memory_budget_bytes,
+                config.memory_high_watermark_bytes(),
+            )
+            .with_metadata_limit(config.metadata_bytes_max),
+        );
         let mut disks = Vec::new();
         for (i, dir) in config.data_dirs.iter().enumerate() {
             std::fs::create_dir_all(dir.join("apps"))
@@ -214,11 +219,12 @@ impl Store {
         self.disks.iter().filter(|d| d.takes_new_shuffles()).count()
     }
 
-    /// True when pushes are accepted: not draining, a healthy disk, under the memory limit.
+    /// True when pushes are accepted: not draining, a healthy disk, under the memory and metadata limits.
     pub fn accepting_pushes(&self) -> bool {
         !self.is_draining()
             && self.healthy_disks() > 0
             && self.memory.used_bytes() < self.memory.limit_bytes
+            && !self.memory.metadata_full()
     }
 
     fn touch(&self, app: &AppId) -> bool {
@@ -427,10 +433,21 @@ impl Store {
         }
         shuffle.validate_push(map_index, &blocks)?;
         check_room(&shuffle)?;
+        if self.memory.metadata_full() {
+            return Err(StoreError::MetadataFull(format!(
+                "the server holds {} bytes of block index and commit records, at its metadata_bytes_max of {}; no pushes are taken until shuffles are unregistered (push larger blocks, or raise metadata_bytes_max)",
+                self.memory.metadata_bytes(),
+                self.memory.metadata_limit_bytes
+            )));
+        }
         let bytes: u64 = blocks.iter().map(|b| b.data.len() as u64).sum();
         let block_count = blocks.len() as u64;
+        // Tiny blocks cost far more than their payload: charge each one's overhead too (capped, so that
+        // a batch always fits the budget).
+        let charged =
+            (bytes + block_count * memory::BLOCK_OVERHEAD_BYTES).min(self.memory.limit_bytes);
         let wait = Duration::from_millis(self.config.push_wait_ms_max);
-        if let Acquire::Refused = self.memory.acquire(bytes, wait).await {
+        if let Acquire::Refused = self.memory.acquire(charged, wait).await {
             self.push_rejected_total.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("croupier_push_rejected_total", "reason" => "memory").increment(1);
             return Ok(PushResult::RetryLater {
@@ -439,7 +456,7 @@ impl Store {
         }
         // Dropping the last holder of the charge gives the batch's bytes back: on error, for a batch
         // of duplicates or a discarded one at once, otherwise when its last block is written.
-        let charge = memory::Charge::new(self.memory.clone(), bytes);
+        let charge = memory::Charge::new(self.memory.clone(), charged);
         let outcome = shuffle.push(
             map_index,
             attempt_id,
@@ -771,6 +788,8 @@ impl Store {
             memory_peak_bytes: self.memory.peak_bytes(),
             memory_high_watermark_bytes: self.memory.high_watermark_bytes,
             memory_limit_bytes: self.memory.limit_bytes,
+            metadata_bytes: self.memory.metadata_bytes(),
+            metadata_limit_bytes: self.memory.metadata_limit_bytes,
             apps: self.apps.lock().len(),
             shuffles: snaps,
             disks,

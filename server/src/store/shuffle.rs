@@ -108,6 +108,9 @@ pub struct Shuffle {
     pub commit_changed: Notify,
     deleted: AtomicBool,
     buffered_bytes: AtomicU64,
+    /// This shuffle's share of the memory budget's metadata counter (index entries, commit records);
+    /// given back when the shuffle is dropped.
+    metadata_bytes: AtomicU64,
     pub disk_bytes: AtomicU64,
 }
 
@@ -117,6 +120,24 @@ pub enum PushOutcome {
         duplicate_bytes: u64,
     },
     MapCommitted(u64),
+}
+
+/// Memory a commit record holds: the record and its partition entries (its own and its peers').
+fn commit_record_bytes(r: &CommitRecord) -> u64 {
+    let entries = r.partitions.len() + r.peers.iter().map(|p| p.partitions.len()).sum::<usize>();
+    (std::mem::size_of::<CommitRecord>()
+        + entries * std::mem::size_of::<PartitionCount>()
+        + r.peers
+            .iter()
+            .map(|p| std::mem::size_of::<PeerPromise>() + p.server.len())
+            .sum::<usize>()) as u64
+}
+
+impl Drop for Shuffle {
+    fn drop(&mut self) {
+        self.memory
+            .metadata_changed(-(self.metadata_bytes.load(Ordering::Acquire) as i64));
+    }
 }
 
 pub enum CommitStart {
@@ -179,6 +200,7 @@ impl Shuffle {
             commit_changed: Notify::new(),
             deleted: AtomicBool::new(false),
             buffered_bytes: AtomicU64::new(0),
+            metadata_bytes: AtomicU64::new(0),
             disk_bytes: AtomicU64::new(0),
         }
     }
@@ -643,14 +665,17 @@ impl Shuffle {
     pub fn finish_commit(&self, record: CommitRecord, written: bool) {
         let mut st = self.state.lock();
         let map = record.map_index;
+        let mut record_bytes = 0;
         if written {
             st.attempts.retain(|(m, _), _| *m != map);
+            record_bytes = commit_record_bytes(&record);
             st.maps[map as usize] = MapCommit::Committed(Arc::new(record));
         } else if matches!(st.maps[map as usize], MapCommit::Committing(a) if a == record.attempt_id)
         {
             st.maps[map as usize] = MapCommit::Open;
         }
         drop(st);
+        self.metadata_changed(record_bytes as i64);
         self.commit_changed.notify_waiters();
     }
 
@@ -666,17 +691,22 @@ impl Shuffle {
                 record.map_index, r.attempt_id, record.attempt_id
             ));
         }
+        let bytes = commit_record_bytes(&record);
         *slot = MapCommit::Committed(Arc::new(record));
+        drop(st);
+        self.metadata_changed(bytes as i64);
         Ok(())
     }
 
     /// The writer wrote chunks: make their blocks findable.
     pub fn index_chunks(&self, written: &[WrittenChunk]) {
         let mut st = self.state.lock();
+        let mut grown_entries = 0usize;
         for w in written {
             let r = &w.record;
             let mut offset = r.chunk_offset + CHUNK_HEADER_BYTES as u64;
             let list = &mut st.index[r.partition_id as usize];
+            let capacity = list.capacity();
             for b in &r.blocks {
                 list.push(BlockLoc {
                     partition_id: r.partition_id,
@@ -690,17 +720,42 @@ impl Shuffle {
                 });
                 offset += u64::from(b.len);
             }
+            grown_entries += list.capacity() - capacity;
         }
+        drop(st);
+        self.metadata_changed((grown_entries * std::mem::size_of::<BlockLoc>()) as i64);
+    }
+
+    /// The index or the commit records grew (or shrank) by `delta` bytes.
+    fn metadata_changed(&self, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        if delta > 0 {
+            self.metadata_bytes
+                .fetch_add(delta as u64, Ordering::AcqRel);
+        } else {
+            self.metadata_bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+        }
+        self.memory.metadata_changed(delta);
+    }
+
+    /// This shuffle's index entries and commit records, in bytes.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.metadata_bytes.load(Ordering::Acquire)
     }
 
     /// Recovery: keep only index entries of committed attempts (uncommitted data is dropped, and its
     /// attempts may not push again).
     pub fn drop_uncommitted_index(&self) {
-        let mut st = self.state.lock();
-        let st = &mut *st;
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         let maps = &st.maps;
         let dead = &mut st.dead_attempts;
+        let mut delta = 0i64;
         for list in &mut st.index {
+            let capacity = list.capacity();
             list.retain(|b| {
                 let keep = matches!(&maps[b.map_index as usize], MapCommit::Committed(r) if r.attempt_id == b.attempt_id);
                 if !keep {
@@ -709,7 +764,10 @@ impl Shuffle {
                 keep
             });
             list.shrink_to_fit();
+            delta += list.capacity() as i64 - capacity as i64;
         }
+        drop(guard);
+        self.metadata_changed(delta * std::mem::size_of::<BlockLoc>() as i64);
     }
 
     /// A lost shuffle (its disk failed) can never write what it still buffers: drops those blocks,

@@ -44,3 +44,99 @@ async fn pushing_many_times_the_budget_keeps_rss_within_budget_plus_fixed_overhe
     );
     assert_verified(&spec).await;
 }
+
+/// Tiny blocks: each buffered block is charged its overhead, not only its payload, and the block index
+/// (which grows with every stored block and only shrinks when shuffles go) stops at
+/// `metadata_bytes_max` with a clear RESOURCE_EXHAUSTED, without harming what is stored; unregistering
+/// gives the metadata back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_blocks_are_charged_their_overhead_and_the_index_stops_at_metadata_bytes_max() {
+    use bytes::Bytes;
+    let server = TestServer::start(
+        1,
+        "memory_budget_bytes = \"64MiB\"\nmetadata_bytes_max = \"2MiB\"\nmessage_bytes_max = \"4MiB\"",
+    );
+    let client = server.client().await;
+    client.register_shuffle("tiny", 0, 3, 4).await.unwrap();
+    let block = Bytes::from_static(b"sixteen bytes!!!");
+
+    // 20,000 blocks of 16 bytes buffered (not committed): the budget holds far more than 320,000 bytes.
+    let mut map0 = client.pusher("tiny", 0, 0, 1);
+    for i in 0..20_000u32 {
+        map0.push(i % 4, block.clone()).await.unwrap();
+    }
+    map0.finish().await.unwrap();
+    let used = server.status_json()["memory_used_bytes"].as_u64().unwrap();
+    assert!(
+        used >= 20_000 * 64,
+        "20,000 buffered blocks of 16 bytes charged only {used} bytes"
+    );
+    let (won, _) = map0.commit().await.unwrap();
+    assert!(won.committed);
+    let metadata = server.status_json()["metadata_bytes"].as_u64().unwrap();
+    assert!(
+        metadata >= 20_000 * 40,
+        "20,000 indexed blocks counted as {metadata} metadata bytes"
+    );
+
+    // 60,000 more blocks take the index past 2 MiB; they are still stored and committed.
+    let mut map1 = client.pusher("tiny", 0, 1, 2);
+    for i in 0..60_000u32 {
+        map1.push(i % 4, block.clone()).await.unwrap();
+    }
+    assert!(map1.commit().await.unwrap().0.committed);
+    let status = server.status_json();
+    assert!(
+        status["metadata_bytes"].as_u64().unwrap() >= 2 << 20,
+        "{status}"
+    );
+
+    // The next push is refused, naming the limit; the server says why it is not ready.
+    let mut map2 = client.pusher("tiny", 0, 2, 3);
+    map2.push(0, block.clone()).await.unwrap();
+    let err = map2
+        .finish()
+        .await
+        .expect_err("a push past metadata_bytes_max must fail")
+        .to_string();
+    assert!(
+        err.contains("metadata_bytes_max")
+            && (err.contains("ResourceExhausted")
+                || err.contains("RESOURCE_EXHAUSTED")
+                || err.contains("resource")),
+        "{err}"
+    );
+    let (code, body) = server.admin_get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("metadata"), "{body}");
+    let (_, metrics) = server.admin_get("/metrics");
+    assert!(
+        metrics.contains("reason=\"metadata\""),
+        "no push refused for metadata in /metrics"
+    );
+
+    // What is stored stays readable: every block of maps 0 and 1, once.
+    let (blocks, _) = client
+        .fetch(fetch_req("tiny", 0, 0..4, 0..2))
+        .await
+        .unwrap();
+    assert_eq!(blocks.len(), 80_000);
+    assert!(blocks.iter().all(|b| b.data == block));
+
+    // Unregistering gives the metadata back, and pushes are taken again.
+    assert!(client.unregister_shuffle("tiny", 0).await.unwrap());
+    let mut freed = false;
+    for _ in 0..100 {
+        if server.status_json()["metadata_bytes"].as_u64() == Some(0) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(freed, "metadata not given back: {}", server.status_json());
+    assert_eq!(server.admin_get("/readyz").0, 200);
+    client.register_shuffle("tiny", 1, 1, 1).await.unwrap();
+    let mut again = client.pusher("tiny", 1, 0, 4);
+    again.push(0, block.clone()).await.unwrap();
+    assert!(again.commit().await.unwrap().0.committed);
+}
