@@ -298,6 +298,8 @@ impl ShuffleService for Service {
             memory_used_bytes: s.memory_used_bytes,
             memory_high_watermark_bytes: s.memory_high_watermark_bytes,
             memory_limit_bytes: s.memory_limit_bytes,
+            metadata_bytes: s.metadata_bytes,
+            metadata_limit_bytes: s.metadata_limit_bytes,
             apps: s.apps as u32,
             shuffles: s.shuffles.len() as u32,
             disks: s

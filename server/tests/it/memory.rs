@@ -90,6 +90,13 @@ async fn tiny_blocks_are_charged_their_overhead_and_the_index_stops_at_metadata_
         status["metadata_bytes"].as_u64().unwrap() >= 2 << 20,
         "{status}"
     );
+    // Clients choosing servers see it too.
+    let st = client.status().await.unwrap();
+    assert!(
+        st.metadata_bytes >= 2 << 20 && st.metadata_limit_bytes == 2 << 20,
+        "{st:?}"
+    );
+    assert!(!st.accepting_pushes);
 
     // The next push is refused, naming the limit; the server says why it is not ready.
     let mut map2 = client.pusher("tiny", 0, 2, 3);
