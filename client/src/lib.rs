@@ -14,6 +14,7 @@
 //! options, so all connections of one `connect_many` know it) and sent as `x-croupier-app-secret` on
 //! every call of that app.
 
+pub mod cluster;
 pub mod datagen;
 pub mod loadgen;
 

@@ -1,6 +1,11 @@
 //! `croupier load` and `croupier verify`: push deterministic data for M maps x P partitions, then fetch
 //! every partition and compare it byte for byte with the regenerated data.
+//!
+//! `server` may list several servers (`host:port,host:port`): partitions are then placed with
+//! [`cluster::assign`](crate::cluster::assign), every map is committed on all of them through
+//! [`ClusterPusher`](crate::cluster::ClusterPusher), and each partition is verified on its owner.
 
+use crate::cluster::{assign, Cluster};
 use crate::datagen::{partition_bytes, ByteStream};
 use crate::{Client, ClientError, ClientOptions, PushStats};
 use bytes::BytesMut;
@@ -11,6 +16,7 @@ use tokio::sync::Semaphore;
 
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
+    /// One server, or several separated by commas.
     pub server: String,
     pub app: String,
     pub shuffle: u32,
@@ -41,6 +47,26 @@ pub struct LoadResult {
     pub duplicate_blocks: u64,
 }
 
+/// The servers of a `server` spec: `host:port[,host:port...]`, each listed once.
+pub fn server_list(spec: &str) -> Result<Vec<String>, ClientError> {
+    let servers: Vec<String> = spec
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Err(ClientError::Protocol("--server: no server given".into()));
+    }
+    for (i, s) in servers.iter().enumerate() {
+        if servers[..i].contains(s) {
+            return Err(ClientError::Protocol(format!(
+                "--server: {s} is listed twice"
+            )));
+        }
+    }
+    Ok(servers)
+}
+
 pub async fn connect_many(
     server: &str,
     n: u32,
@@ -59,8 +85,13 @@ pub async fn load(spec: LoadSpec) -> Result<LoadResult, ClientError> {
             "--maps, --partitions and --block-bytes must be at least 1".into(),
         ));
     }
-    let clients = connect_many(&spec.server, spec.concurrency, &spec.options).await?;
-    clients[0]
+    let servers = server_list(&spec.server)?;
+    // One connection to every server per map in flight.
+    let mut connections = Vec::new();
+    for _ in 0..spec.concurrency.max(1) {
+        connections.push(Cluster::connect(&servers, &spec.options).await?);
+    }
+    connections[0]
         .register_shuffle(&spec.app, spec.shuffle, spec.maps, spec.partitions)
         .await?;
     let started = Instant::now();
@@ -78,11 +109,11 @@ pub async fn load(spec: LoadSpec) -> Result<LoadResult, ClientError> {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
-        let client = clients[map as usize % clients.len()].clone();
+        let cluster = connections[map as usize % connections.len()].clone();
         let spec = spec.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            push_map(&client, &spec, map).await
+            push_map_to_cluster(&cluster, &spec, map).await
         }));
     }
     let mut result = LoadResult::default();
@@ -110,6 +141,59 @@ pub async fn push_map(
 ) -> Result<PushStats, ClientError> {
     let attempt = spec.attempt_base + u64::from(map);
     let mut pusher = client.pusher(&spec.app, spec.shuffle, map, attempt);
+    push_map_data(spec, map, &mut pusher).await?;
+    let (outcome, stats) = pusher.commit().await?;
+    check_won(map, attempt, &outcome)?;
+    Ok(stats)
+}
+
+/// As [`push_map`], to every server of a cluster (each partition to its owner).
+pub async fn push_map_to_cluster(
+    cluster: &Cluster,
+    spec: &LoadSpec,
+    map: u32,
+) -> Result<PushStats, ClientError> {
+    let attempt = spec.attempt_base + u64::from(map);
+    let mut pusher = cluster.pusher(&spec.app, spec.shuffle, spec.partitions, map, attempt);
+    push_map_data(spec, map, &mut pusher).await?;
+    let (outcome, stats) = pusher.commit().await?;
+    check_won(map, attempt, &outcome)?;
+    Ok(stats)
+}
+
+fn check_won(map: u32, attempt: u64, outcome: &crate::CommitOutcome) -> Result<(), ClientError> {
+    if !outcome.committed {
+        return Err(ClientError::Protocol(format!(
+            "map {map} attempt {attempt}: attempt {} committed the map first",
+            outcome.committed_attempt_id
+        )));
+    }
+    Ok(())
+}
+
+/// Where generated blocks go: one server's pusher, or a cluster's.
+trait BlockSink {
+    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError>;
+}
+
+impl BlockSink for crate::MapPusher {
+    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError> {
+        self.push(partition, data).await
+    }
+}
+
+impl BlockSink for crate::cluster::ClusterPusher {
+    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError> {
+        self.push(partition, data).await
+    }
+}
+
+/// Generates map `map`'s data and hands it to `sink` block by block, round-robin over the partitions.
+async fn push_map_data(
+    spec: &LoadSpec,
+    map: u32,
+    sink: &mut impl BlockSink,
+) -> Result<(), ClientError> {
     let mut streams: Vec<(u32, ByteStream, u64)> = (0..spec.partitions)
         .map(|p| {
             (
@@ -126,22 +210,16 @@ pub async fn push_map(
             let mut buf = BytesMut::zeroed(n);
             stream.fill(&mut buf);
             *left -= n as u64;
-            pusher.push(*p, buf.freeze()).await?;
+            sink.push_block(*p, buf.freeze()).await?;
         }
         streams.retain(|(_, _, left)| *left > 0);
     }
-    let (outcome, stats) = pusher.commit().await?;
-    if !outcome.committed {
-        return Err(ClientError::Protocol(format!(
-            "map {map} attempt {attempt}: attempt {} committed the map first",
-            outcome.committed_attempt_id
-        )));
-    }
-    Ok(stats)
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
 pub struct VerifySpec {
+    /// One server, or several separated by commas (each partition is read from its owner).
     pub server: String,
     pub app: String,
     pub shuffle: u32,
@@ -165,7 +243,17 @@ pub struct VerifyResult {
 }
 
 pub async fn verify(spec: VerifySpec) -> Result<VerifyResult, ClientError> {
-    let clients = connect_many(&spec.server, spec.concurrency, &spec.options).await?;
+    let servers = server_list(&spec.server)?;
+    // clients[slot][server]; partition p is read from its owner.
+    let mut clients: Vec<Vec<Client>> = Vec::new();
+    for _ in 0..spec.concurrency.max(1) {
+        let mut per_server = Vec::with_capacity(servers.len());
+        for s in &servers {
+            per_server.push(Client::connect(s, spec.options.clone()).await?);
+        }
+        clients.push(per_server);
+    }
+    let owners = assign(&servers, spec.shuffle, spec.partitions);
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(spec.concurrency.max(1) as usize));
     let spec = Arc::new(spec);
@@ -176,7 +264,7 @@ pub async fn verify(spec: VerifySpec) -> Result<VerifyResult, ClientError> {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
-        let client = clients[p as usize % clients.len()].clone();
+        let client = clients[p as usize % clients.len()][owners[p as usize]].clone();
         let spec = spec.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;

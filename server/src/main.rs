@@ -127,7 +127,8 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 
 #[derive(Args, Clone)]
 struct Target {
-    /// Server address, host:port.
+    /// Server address, host:port; several separated by commas spread the partitions over them
+    /// (the Spark plugin's placement) and commit every map on all of them.
     #[arg(long, default_value = "127.0.0.1:19870")]
     server: String,
     #[arg(long)]
@@ -313,6 +314,11 @@ fn options(t: &Target, batch_bytes: Option<u64>) -> Result<ClientOptions, String
             Some(std::fs::read(path).map_err(|e| format!("--tls-ca {}: {e}", path.display()))?);
     }
     if let Some(path) = &t.app_secret_file {
+        if t.server.contains(',') {
+            return Err(
+                "--app-secret-file holds one server's secret: use it with a single --server".into(),
+            );
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => o.app_secrets.set(&t.server, &t.app, text.trim()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -213,3 +213,98 @@ async fn malformed_peers_are_refused_naming_the_field() {
         .unwrap();
     assert!(ok.committed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_and_verify_over_three_servers_spread_partitions_and_commit_every_map_everywhere() {
+    let servers: Vec<TestServer> = (0..3).map(|_| TestServer::start(1, "")).collect();
+    let list: Vec<String> = servers.iter().map(|s| s.grpc.clone()).collect();
+    let spec = load_spec(&list.join(","), "spread", 3, 6, 12, 3 << 20, 64 << 10);
+    load_and_verify(spec).await;
+    let owners = croupier_client::cluster::assign(&list, 3, 12);
+    for (i, s) in servers.iter().enumerate() {
+        let status = s.status_json();
+        let owned = owners.iter().filter(|&&o| o == i).count() as u64;
+        assert_eq!(
+            owned, 4,
+            "bounded-load placement: 12 partitions on 3 servers"
+        );
+        // Each server holds exactly the bytes of its partitions.
+        assert_eq!(
+            status["push_bytes_total"].as_u64().unwrap(),
+            owned * 6 * ((3 << 20) / 12),
+            "server {i}: {status}"
+        );
+        let shuffle = status["shuffles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["app_id"] == "spread")
+            .cloned()
+            .unwrap();
+        assert_eq!(shuffle["committed_maps"], 6, "server {i}: {shuffle}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_pusher_that_loses_completes_the_winners_commits() {
+    use croupier_client::cluster::{assign, Cluster};
+    let servers: Vec<TestServer> = (0..2).map(|_| TestServer::start(1, "")).collect();
+    let list: Vec<String> = servers.iter().map(|s| s.grpc.clone()).collect();
+    let cluster = Cluster::connect(&list, &Default::default()).await.unwrap();
+    cluster.register_shuffle("lose", 0, 2, 8).await.unwrap();
+    let owners = assign(&list, 0, 8);
+
+    // Map 1 (leader: server 1), attempt 10: pushes 'a' everywhere, commits on the leader with its peer
+    // promise, and dies before committing on server 0.
+    let mut a: Vec<_> = (0..2)
+        .map(|s| cluster.client(s).pusher("lose", 0, 1, 10))
+        .collect();
+    for p in 0..8u32 {
+        a[owners[p as usize]]
+            .push(p, Bytes::from(vec![b'a'; 100 + p as usize]))
+            .await
+            .unwrap();
+    }
+    for x in &mut a {
+        x.finish().await.unwrap();
+    }
+    let won = cluster
+        .client(1)
+        .commit_with_peers(
+            "lose",
+            0,
+            1,
+            10,
+            a[1].partition_counts(),
+            vec![pb::PeerPromise {
+                server: list[0].clone(),
+                partitions: a[0].partition_counts(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(won.committed);
+
+    // Attempt 11 pushes 'b' through the cluster pusher, loses, and completes attempt 10 on server 0.
+    let mut b = cluster.pusher("lose", 0, 8, 1, 11);
+    for p in 0..8u32 {
+        b.push(p, Bytes::from(vec![b'b'; 100 + p as usize]))
+            .await
+            .unwrap();
+    }
+    let (outcome, _) = b.commit().await.unwrap();
+    assert!(!outcome.committed);
+    assert_eq!(outcome.committed_attempt_id, 10);
+    for p in 0..8u32 {
+        let (blocks, _) = cluster
+            .client(owners[p as usize])
+            .fetch(fetch_req("lose", 0, p..p + 1, 1..2))
+            .await
+            .unwrap();
+        assert!(!blocks.is_empty(), "partition {p}");
+        for blk in &blocks {
+            assert_eq!(blk.attempt_id, 10, "partition {p}");
+            assert_eq!(blk.data, vec![b'a'; 100 + p as usize], "partition {p}");
+        }
+    }
+}
