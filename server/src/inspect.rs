@@ -10,7 +10,7 @@ use crate::format::{
 };
 use crate::store::files::{segment_file_name, COMMIT_FILE, INDEX_FILE, META_FILE};
 use crate::store::recovery::{read_meta, segment_ids};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -75,15 +75,49 @@ fn inspect_shuffle(dir: &Path, report: &mut Report) {
             segments.insert(id, f);
         }
     }
+    let segment_lens: HashMap<u32, u64> = segments
+        .iter()
+        .map(|(id, f)| (*id, f.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    let committed: HashSet<(u32, u64)> = commits
+        .iter()
+        .map(|(_, c)| (c.map_index, c.attempt_id))
+        .collect();
     // (map, attempt, partition) -> blocks found intact
     let mut intact: HashMap<(u32, u64, u32), u32> = HashMap::new();
     for (_, rec) in &index {
         report.chunks += 1;
         let path = dir.join(segment_file_name(rec.segment_id));
+        let end = rec.chunk_offset + CHUNK_HEADER_BYTES as u64 + u64::from(rec.payload_len);
+        let Some(&len) = segment_lens.get(&rec.segment_id).filter(|&&len| end <= len) else {
+            // The index record outlived its chunk (a crash took an append before it reached the
+            // disk). Restart skips such a record; it is damage only when a commit needs its blocks.
+            let what = match segment_lens.get(&rec.segment_id) {
+                Some(len) => format!(
+                    "{} offset {}: chunk of partition {} ends at {end}, past the end of the segment ({len} bytes)",
+                    path.display(),
+                    rec.chunk_offset,
+                    rec.partition_id
+                ),
+                None => format!("{}: missing (index names it)", path.display()),
+            };
+            if rec
+                .blocks
+                .iter()
+                .any(|b| committed.contains(&(b.map_index, b.attempt_id)))
+            {
+                report
+                    .damage
+                    .push(format!("{what}: committed blocks are lost"));
+            } else {
+                report.torn_tails.push(format!(
+                    "{what}: only uncommitted blocks, cut by a crash; restart skips the index record"
+                ));
+            }
+            continue;
+        };
+        debug_assert!(end <= len);
         let Some(file) = segments.get(&rec.segment_id) else {
-            report
-                .damage
-                .push(format!("{}: missing (index names it)", path.display()));
             continue;
         };
         let mut header = [0u8; CHUNK_HEADER_BYTES];

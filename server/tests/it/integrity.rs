@@ -160,3 +160,74 @@ async fn inspect_passes_a_healthy_data_dir_and_names_damage_in_each_kind_of_file
     assert_verified(&spec).await;
     let _ = push_raw; // shared helper, used elsewhere
 }
+
+/// An index record whose chunk a crash took (the segment ends before it): restart skips it, and
+/// `inspect` agrees. It is a TORN note when only uncommitted blocks are lost, and DAMAGE naming the segment
+/// when a commit needs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_restart_agree_on_an_index_record_that_outlived_its_chunk() {
+    let mut server = TestServer::start(1, "write_behind_bytes_min = \"64KiB\"");
+    let client = server.client().await;
+    client.register_shuffle("outlived", 1, 2, 1).await.unwrap();
+    let mut map0 = client.pusher("outlived", 1, 0, 1);
+    map0.push(0, Bytes::from(vec![7u8; 200 << 10]))
+        .await
+        .unwrap();
+    assert!(map0.commit().await.unwrap().0.committed);
+    let dir = server.shuffle_dir("outlived", 1).unwrap();
+    let segment = dir.join("seg-000000.data");
+    let committed_end = std::fs::metadata(&segment).unwrap().len();
+    // Map 1 pushes a buffer past the write-behind threshold: written, indexed, never committed.
+    let mut map1 = client.pusher("outlived", 1, 1, 2);
+    map1.push(0, Bytes::from(vec![9u8; 200 << 10]))
+        .await
+        .unwrap();
+    map1.finish().await.unwrap();
+    let mut written = false;
+    for _ in 0..100 {
+        if std::fs::metadata(&segment).unwrap().len() > committed_end {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(written, "map 1's buffer was not written behind");
+    server.sigterm_and_wait();
+
+    // A crash took map 1's chunk: only uncommitted blocks are gone.
+    let original = std::fs::read(&segment).unwrap();
+    std::fs::write(&segment, &original[..committed_end as usize]).unwrap();
+    let (ok, out) = inspect_dir(&dir);
+    assert!(
+        ok,
+        "an uncommitted chunk cut by a crash is not damage: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("TORN")
+            && l.contains("seg-000000.data")
+            && l.contains("only uncommitted blocks")),
+        "{out}"
+    );
+    server.restart();
+    let client = server.client().await;
+    let (blocks, _) = client
+        .fetch(fetch_req("outlived", 1, 0..1, 0..1))
+        .await
+        .unwrap();
+    assert_eq!(
+        blocks.iter().map(|b| b.data.len()).sum::<usize>(),
+        200 << 10
+    );
+    server.sigterm_and_wait();
+
+    // Cut into map 0's committed chunk as well: now it is damage, naming the segment.
+    std::fs::write(&segment, &original[..committed_end as usize / 2]).unwrap();
+    let (ok, out) = inspect_dir(&dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("DAMAGE")
+            && l.contains("seg-000000.data")
+            && l.contains("committed blocks are lost")),
+        "{out}"
+    );
+}
