@@ -140,11 +140,13 @@ pub async fn push_map(
     map: u32,
 ) -> Result<PushStats, ClientError> {
     let attempt = spec.attempt_base + u64::from(map);
-    let mut pusher = client.pusher(&spec.app, spec.shuffle, map, attempt);
-    push_map_data(spec, map, &mut pusher).await?;
-    let (outcome, stats) = pusher.commit().await?;
-    check_won(map, attempt, &outcome)?;
-    Ok(stats)
+    push_and_commit(
+        spec,
+        map,
+        attempt,
+        client.pusher(&spec.app, spec.shuffle, map, attempt),
+    )
+    .await
 }
 
 /// As [`push_map`], to every server of a cluster (each partition to its owner).
@@ -154,45 +156,57 @@ pub async fn push_map_to_cluster(
     map: u32,
 ) -> Result<PushStats, ClientError> {
     let attempt = spec.attempt_base + u64::from(map);
-    let mut pusher = cluster.pusher(&spec.app, spec.shuffle, spec.partitions, map, attempt);
-    push_map_data(spec, map, &mut pusher).await?;
-    let (outcome, stats) = pusher.commit().await?;
-    check_won(map, attempt, &outcome)?;
-    Ok(stats)
+    let pusher = cluster.pusher(&spec.app, spec.shuffle, spec.partitions, map, attempt);
+    push_and_commit(spec, map, attempt, pusher).await
 }
 
-fn check_won(map: u32, attempt: u64, outcome: &crate::CommitOutcome) -> Result<(), ClientError> {
+/// One map attempt's pushes: to one server, or to a cluster.
+trait MapSink {
+    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError>;
+    async fn commit_map(self) -> Result<(crate::CommitOutcome, PushStats), ClientError>;
+}
+
+impl MapSink for crate::MapPusher {
+    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError> {
+        self.push(partition, data).await
+    }
+    async fn commit_map(self) -> Result<(crate::CommitOutcome, PushStats), ClientError> {
+        self.commit().await
+    }
+}
+
+impl MapSink for crate::cluster::ClusterPusher {
+    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError> {
+        self.push(partition, data).await
+    }
+    async fn commit_map(self) -> Result<(crate::CommitOutcome, PushStats), ClientError> {
+        self.commit().await
+    }
+}
+
+/// Pushes map `map`'s data through `sink` and commits it; an attempt that lost the map is an error.
+async fn push_and_commit(
+    spec: &LoadSpec,
+    map: u32,
+    attempt: u64,
+    mut sink: impl MapSink,
+) -> Result<PushStats, ClientError> {
+    push_map_data(spec, map, &mut sink).await?;
+    let (outcome, stats) = sink.commit_map().await?;
     if !outcome.committed {
         return Err(ClientError::Protocol(format!(
             "map {map} attempt {attempt}: attempt {} committed the map first",
             outcome.committed_attempt_id
         )));
     }
-    Ok(())
-}
-
-/// Where generated blocks go: one server's pusher, or a cluster's.
-trait BlockSink {
-    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError>;
-}
-
-impl BlockSink for crate::MapPusher {
-    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError> {
-        self.push(partition, data).await
-    }
-}
-
-impl BlockSink for crate::cluster::ClusterPusher {
-    async fn push_block(&mut self, partition: u32, data: bytes::Bytes) -> Result<(), ClientError> {
-        self.push(partition, data).await
-    }
+    Ok(stats)
 }
 
 /// Generates map `map`'s data and hands it to `sink` block by block, round-robin over the partitions.
 async fn push_map_data(
     spec: &LoadSpec,
     map: u32,
-    sink: &mut impl BlockSink,
+    sink: &mut impl MapSink,
 ) -> Result<(), ClientError> {
     let mut streams: Vec<(u32, ByteStream, u64)> = (0..spec.partitions)
         .map(|p| {

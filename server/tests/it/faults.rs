@@ -20,6 +20,20 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// With EIO injected into every segment write: a load of shuffle 2 of `app` fails with a clear error, and
+/// the server takes its only disk out of service.
+async fn load_fails_with_eio_and_the_disk_fails(server: &TestServer, app: &str) {
+    server.fiu("enable name=posix/io/rw/pwritev,failinfo=5");
+    let during = load_spec(&server.grpc, app, 2, 2, 4, 2 << 20, 64 << 10);
+    let err = loadgen::load(during).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("DATA_LOST") || msg.contains("Input/output error"),
+        "{msg}"
+    );
+    wait_for("the disk to fail", || server.disk_states() == ["failed"]).await;
+}
+
 fn inspect_ok(dir: &Path) -> String {
     let (clean, report) = inspect_dir(dir);
     assert!(clean, "inspect found damage: {report}");
@@ -45,15 +59,7 @@ async fn eio_on_write_fails_the_disk_loses_only_its_shuffles_and_the_probe_retur
     small.finish().await.unwrap();
     assert!(server.status_json()["memory_used_bytes"].as_u64().unwrap() >= 40_000);
 
-    server.fiu("enable name=posix/io/rw/pwritev,failinfo=5");
-    let during = load_spec(&server.grpc, "eio", 2, 2, 4, 2 << 20, 64 << 10);
-    let err = loadgen::load(during).await.unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains("DATA_LOST") || msg.contains("Input/output error"),
-        "{msg}"
-    );
-    wait_for("the disk to fail", || server.disk_states() == ["failed"]).await;
+    load_fails_with_eio_and_the_disk_fails(&server, "eio").await;
     assert!(
         server.is_running() && server.pid() == pid,
         "the server must not crash"
@@ -358,15 +364,7 @@ async fn direct_io_eio_on_read_and_write_fails_cleanly_and_keeps_earlier_data() 
     server.restart();
     let client = server.client().await;
 
-    server.fiu("enable name=posix/io/rw/pwritev,failinfo=5");
-    let during = load_spec(&server.grpc, "dio-eio", 2, 2, 4, 2 << 20, 64 << 10);
-    let err = loadgen::load(during).await.unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains("DATA_LOST") || msg.contains("Input/output error"),
-        "{msg}"
-    );
-    wait_for("the disk to fail", || server.disk_states() == ["failed"]).await;
+    load_fails_with_eio_and_the_disk_fails(&server, "dio-eio").await;
     assert!(server.is_running(), "the server must not crash");
     let err = client
         .fetch(fetch_req("dio-eio", 2, 0..4, 0..2))
