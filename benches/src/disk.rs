@@ -1,13 +1,14 @@
-//! The disk baseline: a plain sequential write of the same number of bytes into a new file beside the
+//! The disk baseline: a plain sequential write of the same number of bytes into a file beside the
 //! server's data dir, in writes of the server's chunk size, with the same durability (`fsync`: one
 //! `fdatasync` at the end, included in the time; `write`: done when the last write returns, like a
 //! `write`-durability commit).
 //!
-//! Same disk state: croupier writes every shuffle into newly created segment files, and the benchmark
-//! deletes them after each repetition (the root file system is mounted with `discard`, so freed blocks go
-//! back to the host). The baseline therefore also writes a newly created file, in the same directory
-//! tree, and deletes it afterwards: both see freshly allocated blocks. Dirty pages left by a `write`
-//! phase are flushed outside the timed window, so they do not slow the next phase.
+//! Same disk state: croupier recycles the segment files of deleted shuffles (its segment pool): the
+//! benchmark unregisters the shuffle after each repetition, so the first repetition writes new files and
+//! later ones overwrite pooled files in place. The baseline does the same: its file is created by the
+//! first repetition and overwritten in place by later ones (it is deleted with the scenario's
+//! directory at the start of the next run). Dirty pages left by a `write` phase are flushed outside the
+//! timed window, so they do not slow the next phase.
 //!
 //! Same memory state: on this kind of VM the first touch of a guest page that was free costs ~10x a
 //! touch of a recycled one (a fresh 1 GiB memcpy ran at 0.5-0.8 GiB/s, a repeated one at 6-7.5 GiB/s),
@@ -70,8 +71,8 @@ pub fn prime(path: &Path, bytes: u64, pool: &[u8]) -> Result<(), String> {
     std::fs::remove_file(path).map_err(err)
 }
 
-/// Writes `bytes` to a new file at `path` in `write_bytes` pieces; `fsync` adds one fdatasync at the end.
-/// The file is deleted before returning.
+/// Writes `bytes` to the file at `path` from offset 0 in `write_bytes` pieces, creating it if needed and
+/// otherwise overwriting it in place; `fsync` adds one fdatasync at the end. The file is kept.
 pub fn sequential_write(
     path: &Path,
     bytes: u64,
@@ -83,7 +84,8 @@ pub fn sequential_write(
     let write_bytes = write_bytes.clamp(4096, pool.len());
     let mut file = OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
         .open(path)
         .map_err(err)?;
     let started = Instant::now();
@@ -106,7 +108,6 @@ pub fn sequential_write(
         file.sync_data().map_err(err)?;
     }
     drop(file);
-    std::fs::remove_file(path).map_err(err)?;
     Ok(DiskResult {
         bytes,
         seconds,

@@ -4,7 +4,7 @@
 //! Phases of a repetition (their order rotates from one repetition to the next, so that no phase always
 //! runs first, on a cold machine, or always right after another's write-back):
 //! - grpc: `loadgen::load` against the sink, then every partition fetched from it.
-//! - disk: the same number of bytes written sequentially to a new file (see [`crate::disk`]).
+//! - disk: the same number of bytes written sequentially to a file (see [`crate::disk`]).
 //! - croupier: `loadgen::load` against the server, then every partition fetched from it; in the last
 //!   repetition every byte is also compared with the regenerated data (`loadgen::verify`, not timed).
 //!
@@ -67,6 +67,9 @@ pub fn run_scenario(s: &Scenario, ctx: &Ctx<'_>) -> Result<serde_json::Value, St
     let mut samples = Samples::default();
     let mut verify: Option<loadgen::VerifyResult> = None;
     let mut retry_later = 0u64;
+    if ctx.settings.warmup {
+        warm_up(s, ctx, &servers.croupier, &dir)?;
+    }
     for rep in 0..ctx.settings.reps {
         let mut order = [Phase::Grpc, Phase::Disk, Phase::Croupier];
         order.rotate_left(rep as usize % 3);
@@ -285,15 +288,8 @@ fn disk_phase(
     dir: &Path,
     samples: &mut Samples,
 ) -> Result<(), String> {
-    let chunk_bytes = croupier_server::config::Config::default().chunk_bytes_target as usize;
     disk::prime(&dir.join("prime.bin"), s.total_bytes(), ctx.disk_pool)?;
-    let r = disk::sequential_write(
-        &dir.join("disk-baseline.bin"),
-        s.total_bytes(),
-        chunk_bytes,
-        s.fsync(),
-        ctx.disk_pool,
-    )?;
+    let r = write_baseline(s, ctx, dir)?;
     let rate = gib(r.bytes) / r.seconds;
     samples.add("disk_write_gib_per_s", rate);
     samples.add("disk_write_cpu_s", r.cpu_seconds);
@@ -305,6 +301,43 @@ fn disk_phase(
     );
     Ok(())
 }
+
+/// The disk baseline's write: the scenario's bytes into `disk-baseline.bin`, in the server's chunk size.
+fn write_baseline(s: &Scenario, ctx: &Ctx<'_>, dir: &Path) -> Result<disk::DiskResult, String> {
+    let chunk_bytes = croupier_server::config::Config::default().chunk_bytes_target as usize;
+    disk::sequential_write(
+        &dir.join("disk-baseline.bin"),
+        s.total_bytes(),
+        chunk_bytes,
+        s.fsync(),
+        ctx.disk_pool,
+    )
+}
+
+/// Untimed: the scenario's bytes once to the disk baseline's file and once through croupier (pushed,
+/// committed, unregistered: the segments go to the server's segment pool), so that the timed
+/// repetitions compare a server in its steady state (overwriting recycled segments) with a baseline
+/// overwriting its file, not the first fill of new files on either side.
+fn warm_up(s: &Scenario, ctx: &Ctx<'_>, server: &Served, dir: &Path) -> Result<(), String> {
+    let started = Instant::now();
+    write_baseline(s, ctx, dir)?;
+    let shuffle = WARMUP_SHUFFLE;
+    let spec = load_spec(s, ctx.settings, &server.grpc, shuffle);
+    let r = ctx
+        .rt
+        .block_on(loadgen::load(spec))
+        .map_err(|e| format!("croupier warm-up push: {e}"))?;
+    ctx.rt.block_on(unregister(&server.grpc, shuffle))?;
+    eprintln!(
+        "   warm-up:        baseline file and croupier segments written once, untimed ({:.1} s; croupier push on new files {:.3} GiB/s)",
+        started.elapsed().as_secs_f64(),
+        r.gib_per_s
+    );
+    Ok(())
+}
+
+/// Shuffle id of the warm-up load (timed repetitions use 1, 2, ...).
+const WARMUP_SHUFFLE: u32 = 1_000_000;
 
 /// Returns (RETRY_LATER answers seen by the client, the verify result in the last repetition).
 fn croupier_phase(

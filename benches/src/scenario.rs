@@ -122,6 +122,11 @@ pub struct Settings {
     pub perf_dir: Option<PathBuf>,
     /// `CROUPIER_BENCH_PERF_ARGS` (default `-F 999 -g`).
     pub perf_args: String,
+    /// `CROUPIER_BENCH_WARMUP` (default 1): before the first repetition, write the scenario's bytes once,
+    /// untimed, to the croupier server (then unregister them: their segments fill the pool) and to the
+    /// disk baseline's file, so every timed repetition sees reused files on both sides, as a long-running
+    /// server does. 0 measures the first repetition on new files.
+    pub warmup: bool,
     /// `CROUPIER_BENCH_SERVER_TOML`: extra lines for every server's config file, for experiments
     /// (e.g. `chunk_bytes_target = "1MiB"`); figures of such a run are not the defaults'.
     pub server_toml: String,
@@ -177,6 +182,7 @@ impl Settings {
                 .map(|d| crate::procs::from_root(&d))
                 .unwrap_or_else(|| crate::procs::target_dir().join("croupier-bench")),
             verify: var("CROUPIER_BENCH_VERIFY").is_none_or(|v| v != "0"),
+            warmup: var("CROUPIER_BENCH_WARMUP").is_none_or(|v| v != "0"),
             perf_dir: var("CROUPIER_BENCH_PERF_DIR").map(|d| crate::procs::from_root(&d)),
             perf_args: var("CROUPIER_BENCH_PERF_ARGS").unwrap_or_else(|| "-F 999 -g".into()),
             server_toml: var("CROUPIER_BENCH_SERVER_TOML").unwrap_or_default(),

@@ -234,6 +234,7 @@ pub fn refresh_gauges(store: &Store) {
         metrics::gauge!("croupier_disk_free_bytes", &labels).set(d.free_bytes as f64);
         metrics::gauge!("croupier_disk_total_bytes", &labels).set(d.total_bytes as f64);
         metrics::gauge!("croupier_disk_used_bytes", &labels).set(d.used_by_croupier_bytes as f64);
+        metrics::gauge!("croupier_segment_pool_bytes", &labels).set(d.segment_pool_bytes as f64);
         metrics::gauge!("croupier_disk_healthy", &labels).set(if d.state == "healthy" {
             1.0
         } else {

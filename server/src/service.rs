@@ -311,6 +311,7 @@ impl ShuffleService for Service {
                     free_bytes: d.free_bytes,
                     total_bytes: d.total_bytes,
                     used_by_croupier_bytes: d.used_by_croupier_bytes,
+                    segment_pool_bytes: d.segment_pool_bytes,
                 })
                 .collect(),
             push_bytes_total: s.push_bytes_total,

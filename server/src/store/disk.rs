@@ -14,6 +14,7 @@
 
 use super::files::PendingChunk;
 use super::memory::MemoryBudget;
+use super::pool::SegmentPool;
 use super::shuffle::Shuffle;
 use crate::config::Durability;
 use crate::error::{Result, StoreError};
@@ -81,6 +82,8 @@ pub struct Disk {
     pub bytes_written: AtomicU64,
     /// Payload bytes queued for this disk's writer and not yet written (write-behind looks at it).
     queued_bytes: AtomicU64,
+    /// Segment files of deleted shuffles, to be overwritten by new segments.
+    pub pool: Arc<SegmentPool>,
 }
 
 impl Disk {
@@ -88,9 +91,11 @@ impl Disk {
         id: u32,
         root: PathBuf,
         reserve_bytes: u64,
+        pool_bytes_max: u64,
         memory: Arc<MemoryBudget>,
         durability: Durability,
     ) -> std::io::Result<Arc<Disk>> {
+        let pool = Arc::new(SegmentPool::open(&root, pool_bytes_max)?);
         let (tx, rx) = mpsc::unbounded_channel();
         let disk = Arc::new(Disk {
             id,
@@ -105,6 +110,7 @@ impl Disk {
             write_errors: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             queued_bytes: AtomicU64::new(0),
+            pool,
         });
         disk.refresh_space();
         let weak = Arc::downgrade(&disk);
@@ -155,9 +161,22 @@ impl Disk {
         self.refresh_space();
     }
 
-    /// Re-reads free space and moves between `Healthy` and `Full` (never out of `Failed`).
+    /// Re-reads free space and moves between `Healthy` and `Full` (never out of `Failed`). Below twice
+    /// the reserve, pooled segments are deleted first (oldest first) until free space is back above it
+    /// or the pool is empty: the pool never holds space that writes need.
     pub fn refresh_space(&self) -> u64 {
-        let (free, total) = fs_space(&self.root).unwrap_or((0, 0));
+        let low_bytes = self.reserve_bytes.saturating_mul(2);
+        let mut space = fs_space(&self.root);
+        if space.is_some_and(|(free, _)| free < low_bytes) && self.pool.files() > 0 {
+            let released = self.pool.shrink_while(|| {
+                space = fs_space(&self.root);
+                space.is_some_and(|(free, _)| free < low_bytes)
+            });
+            if released > 0 {
+                tracing::info!(disk = %self.root.display(), released_bytes = released, "low on space: deleted pooled segments");
+            }
+        }
+        let (free, total) = space.unwrap_or((0, 0));
         self.free_bytes.store(free, Ordering::Release);
         self.total_bytes.store(total, Ordering::Release);
         let want = if free < self.reserve_bytes {

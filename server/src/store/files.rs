@@ -6,6 +6,7 @@
 //! (`ftruncate`) to where it began, so a file never keeps a half-written record that a later append
 //! would bury.
 
+use super::pool::SegmentPool;
 use crate::error::{Result, StoreError};
 use crate::format::{
     frame_record, ChunkHeader, CommitRecord, IndexBlock, IndexRecord, CHUNK_HEADER_BYTES,
@@ -177,6 +178,15 @@ impl AppendFile {
         let mut f = AppendFile::open(path)?;
         f.direct = Some(open_direct(&f.path, true)?);
         Ok(f)
+    }
+
+    /// Treats the file as empty: appends start at offset 0 and overwrite what is there (a segment taken
+    /// from the pool, whose old bytes are stale). Nothing is cut: the stale tail past the logical end
+    /// is never indexed.
+    fn start_over(&mut self) {
+        self.len = 0;
+        self.synced_len = 0;
+        self.writeback_len = 0;
     }
 
     /// Appends `parts` through the `O_DIRECT` handle: copies them into the thread's aligned staging
@@ -403,6 +413,10 @@ pub struct ShuffleFiles {
     commits_unsynced: bool,
     /// Segments are written and read with `O_DIRECT` (`io = "direct"`).
     direct: bool,
+    /// Where new segments come from when it has files (the pool of the shuffle's data dir).
+    pool: Option<Arc<SegmentPool>>,
+    /// Set when the shuffle is deleted: no more appends (its segments may be in the pool by then).
+    retired: bool,
 }
 
 impl ShuffleFiles {
@@ -413,6 +427,7 @@ impl ShuffleFiles {
         segment_bytes_max: u64,
         segments: &[u32],
         direct: bool,
+        pool: Option<Arc<SegmentPool>>,
     ) -> Result<ShuffleFiles> {
         let created = !dir.join(INDEX_FILE).exists() || !dir.join(COMMIT_FILE).exists();
         let index = AppendFile::open(dir.join(INDEX_FILE))?;
@@ -439,7 +454,17 @@ impl ShuffleFiles {
             unsynced: false,
             commits_unsynced: false,
             direct,
+            pool,
+            retired: false,
         })
+    }
+
+    /// Closes the files for good (the shuffle is being deleted): later appends fail NOT_FOUND. Called
+    /// with the shuffle's files lock held, so no append is running; after it, the segment files have
+    /// no writer handle left and may move to the pool.
+    pub fn retire(&mut self) {
+        self.retired = true;
+        self.segment = None;
     }
 
     /// Returns a handle for positioned reads of the segment being written, when a new one was started.
@@ -461,11 +486,17 @@ impl ShuffleFiles {
             }
             let id = self.next_segment_id;
             let path = self.dir.join(segment_file_name(id));
-            let file = if self.direct {
+            // A pooled file becomes the new segment when there is one; it is renamed before it is
+            // opened, and the directory sync below makes the rename durable with the segment.
+            let recycled = self.pool.as_ref().and_then(|p| p.take(&path)).is_some();
+            let mut file = if self.direct {
                 AppendFile::open_direct(path.clone())?
             } else {
                 AppendFile::open(path.clone())?
             };
+            if recycled {
+                file.start_over();
+            }
             sync_dir(&self.dir)?;
             let reader = if self.direct {
                 open_direct(&path, false)?
@@ -488,6 +519,12 @@ impl ShuffleFiles {
         chunks: &[&PendingChunk],
         new_segments: &mut Vec<(u32, Arc<File>)>,
     ) -> Result<Vec<WrittenChunk>> {
+        if self.retired {
+            return Err(StoreError::NotFound(format!(
+                "{} was deleted",
+                self.dir.display()
+            )));
+        }
         let mut written = Vec::with_capacity(chunks.len());
         let mut headers: Vec<[u8; CHUNK_HEADER_BYTES]> = Vec::with_capacity(chunks.len());
         for c in chunks {

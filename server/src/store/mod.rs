@@ -7,11 +7,13 @@
 //! - [`shuffle`]: per-shuffle state: partition buffers, attempts, commits, in-memory index.
 //! - [`disk`]: a data directory and its writer thread (group commit).
 //! - [`files`]: every file operation of a shuffle directory.
+//! - [`pool`]: segment files of deleted shuffles, recycled for new segments.
 //! - [`recovery`]: rebuilding shuffles from disk at startup.
 
 pub mod disk;
 pub mod files;
 pub mod memory;
+pub mod pool;
 pub mod recovery;
 pub mod shuffle;
 
@@ -83,6 +85,8 @@ pub struct DiskSnapshot {
     pub total_bytes: u64,
     pub used_by_croupier_bytes: u64,
     pub reserve_bytes: u64,
+    /// Segment files of deleted shuffles kept for reuse (the segment pool).
+    pub segment_pool_bytes: u64,
     pub write_errors: u64,
     pub failure: Option<String>,
 }
@@ -165,6 +169,7 @@ impl Store {
                 i as u32,
                 root,
                 config.disk_reserve_bytes,
+                config.segment_pool_bytes_max,
                 memory.clone(),
                 config.durability,
             )
@@ -334,6 +339,7 @@ impl Store {
             .filter(|p| p.exists())
             .collect();
         let direct = self.config.io == crate::config::IoMode::Direct;
+        let pool = disk.pool.clone();
         let files = tokio::task::spawn_blocking(move || -> Result<files::ShuffleFiles> {
             for old in leftovers {
                 tracing::warn!(dir = %old.display(), "removing a leftover directory of a re-registered shuffle");
@@ -350,7 +356,7 @@ impl Store {
                     files::sync_dir(apps_dir)?;
                 }
             }
-            files::ShuffleFiles::open(&dir2, segment_bytes_max, &[], direct)
+            files::ShuffleFiles::open(&dir2, segment_bytes_max, &[], direct, Some(pool))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("registration task failed: {e}")))??;
@@ -624,6 +630,7 @@ impl Store {
         shuffle.delete();
         let dir = shuffle.dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            recycle_segments(&shuffle);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(dir = %dir.display(), error = %e, "could not delete shuffle directory");
@@ -774,6 +781,7 @@ impl Store {
                     total_bytes: total,
                     used_by_croupier_bytes: per_disk.get(&d.id).copied().unwrap_or(0),
                     reserve_bytes: d.reserve_bytes,
+                    segment_pool_bytes: d.pool.bytes(),
                     write_errors: d.write_errors.load(Ordering::Relaxed),
                     failure: d.failure(),
                 }
@@ -865,6 +873,40 @@ async fn stream_plan(
     let _ = tx.send(Ok(FetchItem::Summary(plan.maps))).await;
 }
 
+/// Moves the segment files of a deleted shuffle into its disk's pool (docs/FORMAT.md, section 2), when
+/// the disk is in service and nothing uses them any more. First `shuffle.meta` goes, so that a crash
+/// from here on leaves a directory restart does not load (its index may point into moved segments);
+/// then the files lock is taken, which waits for a running append and stops later ones; then every
+/// read handle is removed, and a segment still held by a running fetch is left to be deleted with the
+/// directory, never reused under a reader.
+fn recycle_segments(shuffle: &Shuffle) {
+    let disk = &shuffle.disk;
+    let meta = shuffle.dir.join(files::META_FILE);
+    if let Err(e) = std::fs::remove_file(&meta) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %meta.display(), error = %e, "could not remove shuffle.meta of a deleted shuffle");
+            return;
+        }
+    }
+    shuffle.files.lock().retire();
+    let mut readers = shuffle.take_segment_readers();
+    // In segment order: the pool hands out its oldest file first, so a shuffle of the same shape gets
+    // full-size files for its full segments and does not grow a short last segment into new blocks.
+    readers.sort_unstable_by_key(|(id, _)| *id);
+    if disk.state() == DiskState::Failed || shuffle.disk_epoch != disk.epoch() {
+        return;
+    }
+    for (id, reader) in readers {
+        if Arc::strong_count(&reader) > 1 {
+            continue;
+        }
+        drop(reader);
+        let path = shuffle.dir.join(files::segment_file_name(id));
+        // A file the pool does not take (full, or empty) goes with the directory.
+        disk.pool.put(&path);
+    }
+}
+
 /// Reads a group of blocks with one positioned read per run of adjacent blocks.
 fn read_group(shuffle: &Shuffle, group: Vec<BlockLoc>) -> Result<Vec<(BlockLoc, Bytes)>> {
     let mut out = Vec::with_capacity(group.len());
@@ -882,6 +924,9 @@ fn read_group(shuffle: &Shuffle, group: Vec<BlockLoc>) -> Result<Vec<(BlockLoc, 
         }
         let path = shuffle.dir.join(files::segment_file_name(first.segment_id));
         let file = shuffle.segment_reader(first.segment_id).ok_or_else(|| {
+            if shuffle.is_deleted() {
+                return StoreError::NotFound(format!("{} was unregistered", shuffle.key));
+            }
             StoreError::DataCorrupted(format!(
                 "{} partition {}: segment file {} is missing",
                 shuffle.key,

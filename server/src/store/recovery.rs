@@ -106,8 +106,14 @@ fn recover_shuffle(
     }
     let segments = segment_ids(dir);
     let direct = config.io == crate::config::IoMode::Direct;
-    let mut files = ShuffleFiles::open(dir, config.segment_bytes_max, &segments, direct)
-        .map_err(|e| e.to_string())?;
+    let mut files = ShuffleFiles::open(
+        dir,
+        config.segment_bytes_max,
+        &segments,
+        direct,
+        Some(disk.pool.clone()),
+    )
+    .map_err(|e| e.to_string())?;
     let mut damage: Vec<String> = Vec::new();
     let mut segment_lens = std::collections::HashMap::new();
     for &id in &segments {

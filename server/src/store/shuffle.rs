@@ -240,6 +240,12 @@ impl Shuffle {
         self.segments.write().insert(id, file);
     }
 
+    /// Removes every segment read handle (the shuffle is being deleted): fetches that start later find
+    /// no segment, and a handle still held by a running fetch shows in its `Arc` count.
+    pub fn take_segment_readers(&self) -> Vec<(u32, Arc<File>)> {
+        self.segments.write().drain().collect()
+    }
+
     pub fn segment_reader(&self, id: u32) -> Option<Arc<File>> {
         self.segments.read().get(&id).cloned()
     }

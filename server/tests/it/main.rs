@@ -14,5 +14,6 @@ mod memory;
 mod model;
 mod multi_server;
 mod ops;
+mod recycling;
 mod round_trip;
 mod security;
