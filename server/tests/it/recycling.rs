@@ -142,6 +142,16 @@ async fn recycled_segments_serve_only_new_data(io: &str) {
     assert_verified(&new).await;
     assert_verified(&third).await;
     assert_inspect_clean(&data_dir);
+
+    // A shuffle that restart recovered gives its segments to the pool too.
+    let recovered = segments(&new_dir);
+    let before = pooled(&data_dir).len();
+    let client = server.client().await;
+    assert!(client.unregister_app("new").await.expect("unregister"));
+    let now = pooled(&data_dir);
+    assert_eq!(now.len(), before + recovered.len(), "{now:?}");
+    assert!(recovered.iter().all(|s| now.contains(s)));
+    assert_verified(&third).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
