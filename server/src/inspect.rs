@@ -5,10 +5,10 @@
 //! It only reads; run it on a stopped server's data dir or on a copy.
 
 use crate::format::{
-    read_record, ChunkHeader, CommitRecord, IndexRecord, RecordRead, CHUNK_HEADER_BYTES,
-    MAGIC_COMMIT, MAGIC_INDEX,
+    read_record, CommitRecord, IndexRecord, RecordRead, CHUNK_HEADER_BYTES, MAGIC_COMMIT,
+    MAGIC_INDEX,
 };
-use crate::store::files::{segment_file_name, COMMIT_FILE, INDEX_FILE, META_FILE};
+use crate::store::files::{self, segment_file_name, COMMIT_FILE, INDEX_FILE, META_FILE};
 use crate::store::recovery::{read_meta, segment_ids};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
@@ -70,7 +70,12 @@ fn inspect_shuffle(dir: &Path, report: &mut Report) {
         IndexRecord::decode_body,
     );
     let mut segments: HashMap<u32, std::fs::File> = HashMap::new();
-    for id in segment_ids(dir) {
+    let ids = segment_ids(dir);
+    // Only the last segment can hold unsynced appends (the writer fdatasyncs a segment when it rolls
+    // past it): there, a chunk header that disagrees with its index record is a chunk that never reached
+    // the disk, as restart sees it, not bit rot.
+    let last_segment = ids.last().copied();
+    for id in ids {
         if let Ok(f) = std::fs::File::open(dir.join(segment_file_name(id))) {
             segments.insert(id, f);
         }
@@ -89,18 +94,9 @@ fn inspect_shuffle(dir: &Path, report: &mut Report) {
         report.chunks += 1;
         let path = dir.join(segment_file_name(rec.segment_id));
         let end = rec.chunk_offset + CHUNK_HEADER_BYTES as u64 + u64::from(rec.payload_len);
-        let Some(&len) = segment_lens.get(&rec.segment_id).filter(|&&len| end <= len) else {
-            // The index record outlived its chunk (a crash took an append before it reached the
-            // disk). Restart skips such a record; it is damage only when a commit needs its blocks.
-            let what = match segment_lens.get(&rec.segment_id) {
-                Some(len) => format!(
-                    "{} offset {}: chunk of partition {} ends at {end}, past the end of the segment ({len} bytes)",
-                    path.display(),
-                    rec.chunk_offset,
-                    rec.partition_id
-                ),
-                None => format!("{}: missing (index names it)", path.display()),
-            };
+        // The index record outlived its chunk (a crash took an append before it reached the disk):
+        // restart skips such a record; it is damage only when a commit needs its blocks.
+        let outlived = |what: String, report: &mut Report| {
             if rec
                 .blocks
                 .iter()
@@ -114,36 +110,51 @@ fn inspect_shuffle(dir: &Path, report: &mut Report) {
                     "{what}: only uncommitted blocks, cut by a crash; restart skips the index record"
                 ));
             }
+        };
+        let Some(&len) = segment_lens.get(&rec.segment_id).filter(|&&len| end <= len) else {
+            let what = match segment_lens.get(&rec.segment_id) {
+                Some(len) => format!(
+                    "{} offset {}: chunk of partition {} ends at {end}, past the end of the segment ({len} bytes)",
+                    path.display(),
+                    rec.chunk_offset,
+                    rec.partition_id
+                ),
+                None => format!("{}: missing (index names it)", path.display()),
+            };
+            outlived(what, report);
             continue;
         };
         debug_assert!(end <= len);
         let Some(file) = segments.get(&rec.segment_id) else {
             continue;
         };
-        let mut header = [0u8; CHUNK_HEADER_BYTES];
-        if let Err(e) = file.read_exact_at(&mut header, rec.chunk_offset) {
-            report.damage.push(format!(
-                "{} offset {}: chunk header unreadable: {e}",
-                path.display(),
-                rec.chunk_offset
-            ));
-            continue;
-        }
-        match ChunkHeader::decode(&header) {
-            Ok(h)
-                if h.partition_id == rec.partition_id
-                    && h.payload_len == rec.payload_len
-                    && h.block_count as usize == rec.blocks.len() => {}
-            Ok(_) => report.damage.push(format!(
-                "{} offset {}: chunk header disagrees with the index",
-                path.display(),
-                rec.chunk_offset
-            )),
-            Err(e) => report.damage.push(format!(
-                "{} offset {}: {e}",
+        match files::chunk_matches_record(file, rec) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) if Some(rec.segment_id) == last_segment => {
+                outlived(
+                    format!(
+                        "{} offset {}: chunk of partition {} is not on disk ({why})",
+                        path.display(),
+                        rec.chunk_offset,
+                        rec.partition_id
+                    ),
+                    report,
+                );
+                continue;
+            }
+            Ok(Err(why)) => report.damage.push(format!(
+                "{} offset {}: {why}",
                 path.display(),
                 rec.chunk_offset
             )),
+            Err(e) => {
+                report.damage.push(format!(
+                    "{} offset {}: chunk header unreadable: {e}",
+                    path.display(),
+                    rec.chunk_offset
+                ));
+                continue;
+            }
         }
         let mut offset = rec.chunk_offset + CHUNK_HEADER_BYTES as u64;
         for b in &rec.blocks {

@@ -673,6 +673,50 @@ pub fn chunk_header(c: &PendingChunk) -> ChunkHeader {
     }
 }
 
+/// Whether the chunk an index record names is what the segment holds at its offset: the chunk header
+/// there decodes and agrees with the record (partition, block count, payload length, and the payload
+/// CRC that the record's block CRCs combine to). `Ok(Err(why))` when it does not (for example stale
+/// bytes of a recycled segment that the chunk never reached); `Err` when the header cannot be read.
+/// `file` must be a buffered handle (a 32-byte read at any offset).
+pub fn chunk_matches_record(
+    file: &File,
+    record: &IndexRecord,
+) -> std::io::Result<std::result::Result<(), String>> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = [0u8; CHUNK_HEADER_BYTES];
+    file.read_exact_at(&mut bytes, record.chunk_offset)?;
+    let header = match ChunkHeader::decode(&bytes) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut crc = crc32fast::Hasher::new();
+    for b in &record.blocks {
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(
+            b.crc32,
+            u64::from(b.len),
+        ));
+    }
+    let expected = (
+        record.partition_id,
+        record.blocks.len(),
+        record.payload_len,
+        crc.finalize(),
+    );
+    let found = (
+        header.partition_id,
+        header.block_count as usize,
+        header.payload_len,
+        header.payload_crc32,
+    );
+    if found == expected {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "chunk header disagrees with the index (partition, blocks, payload bytes, payload crc: found {found:?}, the index says {expected:?})"
+        )))
+    }
+}
+
 fn index_record(c: &PendingChunk, segment_id: u32, chunk_offset: u64) -> IndexRecord {
     IndexRecord {
         partition_id: c.partition_id,

@@ -147,6 +147,13 @@ fn recover_shuffle(
     let index_path = dir.join(INDEX_FILE);
     let index_bytes = files::read_file(&index_path).map_err(|e| e.to_string())?;
     let mut chunks = Vec::new();
+    // Every segment but the last was fdatasync'd when the writer rolled past it, so only the last one
+    // can hold index records whose chunks never reached the disk while the file is long enough (a
+    // recycled segment's stale bytes): those chunk headers are checked (FORMAT.md section 10.2 step 3).
+    let last_segment = segments.last().copied();
+    let last_reader = last_segment
+        .and_then(|id| std::fs::File::open(dir.join(files::segment_file_name(id))).ok());
+    let mut skipped_attempts: std::collections::HashSet<(u32, u64)> = Default::default();
     let cut = replay(
         &index_bytes,
         MAGIC_INDEX,
@@ -155,16 +162,36 @@ fn recover_shuffle(
         |body| {
             let r = IndexRecord::decode_body(body)?;
             let end = r.chunk_offset + CHUNK_HEADER_BYTES as u64 + u64::from(r.payload_len);
-            match segment_lens.get(&r.segment_id) {
-                Some((_, len)) if end <= *len => chunks.push(WrittenChunk { record: r }),
+            let missing = match segment_lens.get(&r.segment_id) {
+                Some((_, len)) if end <= *len => match (Some(r.segment_id) == last_segment)
+                    .then_some(last_reader.as_ref())
+                    .flatten()
+                    .map(|f| files::chunk_matches_record(f, &r))
+                {
+                    None | Some(Ok(Ok(()))) => None,
+                    Some(Ok(Err(why))) => Some(why),
+                    Some(Err(e)) => Some(format!("chunk header unreadable: {e}")),
+                },
+                Some((_, len)) => Some(format!(
+                    "the chunk ends at {end}, past the end of the segment ({len} bytes)"
+                )),
+                None => Some("its segment file is missing".to_string()),
+            };
+            match missing {
+                None => chunks.push(WrittenChunk { record: r }),
                 // Data lost in a crash before it was synced. Not damage by itself: if a committed
                 // attempt needed these blocks, its fetch fails with DATA_CORRUPTED naming them.
-                _ => tracing::warn!(
-                    file = %index_path.display(),
-                    partition = r.partition_id,
-                    segment = r.segment_id,
-                    "index record points past the end of its segment; its blocks are skipped"
-                ),
+                Some(why) => {
+                    tracing::warn!(
+                        file = %index_path.display(),
+                        partition = r.partition_id,
+                        segment = r.segment_id,
+                        offset = r.chunk_offset,
+                        %why,
+                        "index record whose chunk is not on disk; its blocks are skipped"
+                    );
+                    skipped_attempts.extend(r.blocks.iter().map(|b| (b.map_index, b.attempt_id)));
+                }
             }
             Ok(())
         },
@@ -197,6 +224,7 @@ fn recover_shuffle(
     });
     shuffle.index_chunks(&chunks);
     shuffle.drop_uncommitted_index();
+    shuffle.mark_dead_attempts(skipped_attempts);
     let data: u64 = segments_total(dir, &segments);
     shuffle
         .disk_bytes

@@ -754,6 +754,19 @@ impl Shuffle {
 
     /// Recovery: keep only index entries of committed attempts (uncommitted data is dropped, and its
     /// attempts may not push again).
+    /// Recovery: attempts with index records that restart skipped (their chunks never reached the disk)
+    /// are dead like those whose records it dropped, since their seqs are in `index.log` already. A
+    /// map's committed attempt is never marked.
+    pub fn mark_dead_attempts(&self, attempts: impl IntoIterator<Item = (u32, u64)>) {
+        let mut st = self.state.lock();
+        for (map, attempt) in attempts {
+            let committed = matches!(st.maps.get(map as usize), Some(MapCommit::Committed(r)) if r.attempt_id == attempt);
+            if !committed && (map as usize) < st.maps.len() {
+                st.dead_attempts.insert((map, attempt));
+            }
+        }
+    }
+
     pub fn drop_uncommitted_index(&self) {
         let mut guard = self.state.lock();
         let st = &mut *guard;

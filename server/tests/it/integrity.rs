@@ -166,33 +166,9 @@ async fn inspect_passes_a_healthy_data_dir_and_names_damage_in_each_kind_of_file
 /// when a commit needs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_and_restart_agree_on_an_index_record_that_outlived_its_chunk() {
-    let mut server = TestServer::start(1, "write_behind_bytes_min = \"64KiB\"");
-    let client = server.client().await;
-    client.register_shuffle("outlived", 1, 2, 1).await.unwrap();
-    let mut map0 = client.pusher("outlived", 1, 0, 1);
-    map0.push(0, Bytes::from(vec![7u8; 200 << 10]))
-        .await
-        .unwrap();
-    assert!(map0.commit().await.unwrap().0.committed);
-    let dir = server.shuffle_dir("outlived", 1).unwrap();
-    let segment = dir.join("seg-000000.data");
-    let committed_end = std::fs::metadata(&segment).unwrap().len();
-    // Map 1 pushes a buffer past the write-behind threshold: written, indexed, never committed.
-    let mut map1 = client.pusher("outlived", 1, 1, 2);
-    map1.push(0, Bytes::from(vec![9u8; 200 << 10]))
-        .await
-        .unwrap();
-    map1.finish().await.unwrap();
-    let mut written = false;
-    for _ in 0..100 {
-        if std::fs::metadata(&segment).unwrap().len() > committed_end {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(written, "map 1's buffer was not written behind");
-    server.sigterm_and_wait();
+    let (mut server, dir, segment, committed_end) =
+        committed_map0_and_uncommitted_map1("outlived").await;
+    let committed_end = committed_end as u64;
 
     // A crash took map 1's chunk: only uncommitted blocks are gone.
     let original = std::fs::read(&segment).unwrap();
@@ -218,6 +194,8 @@ async fn inspect_and_restart_agree_on_an_index_record_that_outlived_its_chunk() 
         blocks.iter().map(|b| b.data.len()).sum::<usize>(),
         200 << 10
     );
+    // Its seqs are in index.log: the attempt may not start over at seq 0.
+    assert_attempt_is_dead(&client, "outlived", 1, 2).await;
     server.sigterm_and_wait();
 
     // Cut into map 0's committed chunk as well: now it is damage, naming the segment.
@@ -230,4 +208,115 @@ async fn inspect_and_restart_agree_on_an_index_record_that_outlived_its_chunk() 
             && l.contains("committed blocks are lost")),
         "{out}"
     );
+}
+
+/// A recycled segment is longer than what was written to it: after a power loss, an index record can
+/// point at stale bytes of a deleted shuffle that the chunk never replaced. Restart checks the chunk
+/// headers of the last segment (the only one with unsynced appends) and skips such a record; `inspect`
+/// agrees (TORN when only uncommitted blocks are lost, DAMAGE when a commit needs them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_never_replaced_stale_bytes_is_skipped_at_restart_and_inspect_agrees() {
+    let (mut server, dir, segment, committed_end) =
+        committed_map0_and_uncommitted_map1("stale").await;
+
+    // As if map 1's chunk never reached the disk and the file already held another shuffle's bytes.
+    let original = std::fs::read(&segment).unwrap();
+    let mut stale = original.clone();
+    stale[committed_end..].fill(0x5A);
+    std::fs::write(&segment, &stale).unwrap();
+    let (ok, out) = inspect_dir(&dir);
+    assert!(
+        ok,
+        "stale bytes under an uncommitted chunk are not damage: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("TORN")
+            && l.contains("seg-000000.data")
+            && l.contains("not on disk")
+            && l.contains("only uncommitted blocks")),
+        "{out}"
+    );
+    server.restart();
+    let client = server.client().await;
+    let (blocks, _) = client
+        .fetch(fetch_req("stale", 1, 0..1, 0..1))
+        .await
+        .unwrap();
+    assert_eq!(
+        blocks.iter().map(|b| b.data.len()).sum::<usize>(),
+        200 << 10
+    );
+    assert_attempt_is_dead(&client, "stale", 1, 2).await;
+    server.sigterm_and_wait();
+
+    // Stale bytes under map 0's committed chunk too: damage, and the fetch refuses to serve it.
+    stale[..committed_end].fill(0x5A);
+    std::fs::write(&segment, &stale).unwrap();
+    let (ok, out) = inspect_dir(&dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("DAMAGE")
+            && l.contains("seg-000000.data")
+            && l.contains("committed blocks are lost")),
+        "{out}"
+    );
+    server.restart();
+    let client = server.client().await;
+    let err = client
+        .fetch(fetch_req("stale", 1, 0..1, 0..1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
+    // Refused by the fetch plan (restart skipped the record), not by a block's CRC on the way out.
+    assert!(err.to_string().contains("promised"), "{err}");
+}
+
+/// Shuffle `app`/1 (2 maps, 1 partition) with map 0 committed (one 200 KiB chunk) and map 1's attempt 2
+/// written behind, indexed and never committed; the server is stopped. Returns the server, the shuffle
+/// dir, its only segment and where map 0's chunk ends.
+async fn committed_map0_and_uncommitted_map1(
+    app: &str,
+) -> (TestServer, std::path::PathBuf, std::path::PathBuf, usize) {
+    let mut server = TestServer::start(1, "write_behind_bytes_min = \"64KiB\"");
+    let client = server.client().await;
+    client.register_shuffle(app, 1, 2, 1).await.unwrap();
+    let mut map0 = client.pusher(app, 1, 0, 1);
+    map0.push(0, Bytes::from(vec![7u8; 200 << 10]))
+        .await
+        .unwrap();
+    assert!(map0.commit().await.unwrap().0.committed);
+    let dir = server.shuffle_dir(app, 1).unwrap();
+    let segment = dir.join("seg-000000.data");
+    let committed_end = std::fs::metadata(&segment).unwrap().len() as usize;
+    // Map 1 pushes a buffer past the write-behind threshold: written, indexed, never committed.
+    let mut map1 = client.pusher(app, 1, 1, 2);
+    map1.push(0, Bytes::from(vec![9u8; 200 << 10]))
+        .await
+        .unwrap();
+    map1.finish().await.unwrap();
+    let mut written = false;
+    for _ in 0..100 {
+        if std::fs::metadata(&segment).unwrap().len() as usize > committed_end {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(written, "map 1's buffer was not written behind");
+    server.sigterm_and_wait();
+    (server, dir, segment, committed_end)
+}
+
+/// Map `map` attempt `attempt` lost blocks that `index.log` names: it may not push again.
+async fn assert_attempt_is_dead(
+    client: &croupier_client::Client,
+    app: &str,
+    map: u32,
+    attempt: u64,
+) {
+    let mut again = client.pusher(app, 1, map, attempt);
+    again.push(0, Bytes::from_static(b"x")).await.unwrap();
+    let err = again.finish().await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert!(err.to_string().contains("new attempt id"), "{err}");
 }
