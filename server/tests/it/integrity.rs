@@ -172,31 +172,8 @@ async fn inspect_and_restart_agree_on_an_index_record_that_outlived_its_chunk() 
 
     // A crash took map 1's chunk: only uncommitted blocks are gone.
     let original = std::fs::read(&segment).unwrap();
-    std::fs::write(&segment, &original[..committed_end as usize]).unwrap();
-    let (ok, out) = inspect_dir(&dir);
-    assert!(
-        ok,
-        "an uncommitted chunk cut by a crash is not damage: {out}"
-    );
-    assert!(
-        out.lines().any(|l| l.starts_with("TORN")
-            && l.contains("seg-000000.data")
-            && l.contains("only uncommitted blocks")),
-        "{out}"
-    );
-    server.restart();
-    let client = server.client().await;
-    let (blocks, _) = client
-        .fetch(fetch_req("outlived", 1, 0..1, 0..1))
-        .await
-        .unwrap();
-    assert_eq!(
-        blocks.iter().map(|b| b.data.len()).sum::<usize>(),
-        200 << 10
-    );
-    // Its seqs are in index.log: the attempt may not start over at seq 0.
-    assert_attempt_is_dead(&client, "outlived", 1, 2).await;
-    server.sigterm_and_wait();
+    let cut = &original[..committed_end as usize];
+    map1_lost_map0_served(&mut server, "outlived", &segment, cut, "past the end").await;
 
     // Cut into map 0's committed chunk as well: now it is damage, naming the segment.
     std::fs::write(&segment, &original[..committed_end as usize / 2]).unwrap();
@@ -223,31 +200,7 @@ async fn a_chunk_that_never_replaced_stale_bytes_is_skipped_at_restart_and_inspe
     let original = std::fs::read(&segment).unwrap();
     let mut stale = original.clone();
     stale[committed_end..].fill(0x5A);
-    std::fs::write(&segment, &stale).unwrap();
-    let (ok, out) = inspect_dir(&dir);
-    assert!(
-        ok,
-        "stale bytes under an uncommitted chunk are not damage: {out}"
-    );
-    assert!(
-        out.lines().any(|l| l.starts_with("TORN")
-            && l.contains("seg-000000.data")
-            && l.contains("not on disk")
-            && l.contains("only uncommitted blocks")),
-        "{out}"
-    );
-    server.restart();
-    let client = server.client().await;
-    let (blocks, _) = client
-        .fetch(fetch_req("stale", 1, 0..1, 0..1))
-        .await
-        .unwrap();
-    assert_eq!(
-        blocks.iter().map(|b| b.data.len()).sum::<usize>(),
-        200 << 10
-    );
-    assert_attempt_is_dead(&client, "stale", 1, 2).await;
-    server.sigterm_and_wait();
+    map1_lost_map0_served(&mut server, "stale", &segment, &stale, "not on disk").await;
 
     // Stale bytes under map 0's committed chunk too: damage, and the fetch refuses to serve it.
     stale[..committed_end].fill(0x5A);
@@ -305,6 +258,42 @@ async fn committed_map0_and_uncommitted_map1(
     assert!(written, "map 1's buffer was not written behind");
     server.sigterm_and_wait();
     (server, dir, segment, committed_end)
+}
+
+/// Writes `contents` as the segment of a stopped [`committed_map0_and_uncommitted_map1`] server, as a
+/// crash that lost map 1's chunk would leave it; then `inspect` must call it TORN (`why` in the line)
+/// and not damage, and a restarted server must serve map 0 and refuse map 1's attempt. Stops the server.
+async fn map1_lost_map0_served(
+    server: &mut TestServer,
+    app: &str,
+    segment: &std::path::Path,
+    contents: &[u8],
+    why: &str,
+) {
+    std::fs::write(segment, contents).unwrap();
+    let dir = segment.parent().unwrap();
+    let (ok, out) = inspect_dir(dir);
+    assert!(
+        ok,
+        "an uncommitted chunk lost in a crash is not damage: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("TORN")
+            && l.contains("seg-000000.data")
+            && l.contains(why)
+            && l.contains("only uncommitted blocks")),
+        "{out}"
+    );
+    server.restart();
+    let client = server.client().await;
+    let (blocks, _) = client.fetch(fetch_req(app, 1, 0..1, 0..1)).await.unwrap();
+    assert_eq!(
+        blocks.iter().map(|b| b.data.len()).sum::<usize>(),
+        200 << 10
+    );
+    // Its seqs are in index.log: the attempt may not start over at seq 0.
+    assert_attempt_is_dead(&client, app, 1, 2).await;
+    server.sigterm_and_wait();
 }
 
 /// Map `map` attempt `attempt` lost blocks that `index.log` names: it may not push again.
