@@ -99,10 +99,6 @@ impl SegmentPool {
         self.state.lock().files.len()
     }
 
-    pub fn bytes_max(&self) -> u64 {
-        self.bytes_max
-    }
-
     /// Moves the segment file at `path` (a deleted shuffle's, on this data dir, with no open handle
     /// left) into the pool. Returns false, leaving the file where it is, when it is empty, does not fit
     /// under the limit, or cannot be moved. Write-back of the file's dirty pages is started at once

@@ -177,14 +177,7 @@ async fn inspect_and_restart_agree_on_an_index_record_that_outlived_its_chunk() 
 
     // Cut into map 0's committed chunk as well: now it is damage, naming the segment.
     std::fs::write(&segment, &original[..committed_end as usize / 2]).unwrap();
-    let (ok, out) = inspect_dir(&dir);
-    assert!(!ok, "{out}");
-    assert!(
-        out.lines().any(|l| l.starts_with("DAMAGE")
-            && l.contains("seg-000000.data")
-            && l.contains("committed blocks are lost")),
-        "{out}"
-    );
+    assert_committed_blocks_lost(&dir);
 }
 
 /// A recycled segment is longer than what was written to it: after a power loss, an index record can
@@ -205,14 +198,7 @@ async fn a_chunk_that_never_replaced_stale_bytes_is_skipped_at_restart_and_inspe
     // Stale bytes under map 0's committed chunk too: damage, and the fetch refuses to serve it.
     stale[..committed_end].fill(0x5A);
     std::fs::write(&segment, &stale).unwrap();
-    let (ok, out) = inspect_dir(&dir);
-    assert!(!ok, "{out}");
-    assert!(
-        out.lines().any(|l| l.starts_with("DAMAGE")
-            && l.contains("seg-000000.data")
-            && l.contains("committed blocks are lost")),
-        "{out}"
-    );
+    assert_committed_blocks_lost(&dir);
     server.restart();
     let client = server.client().await;
     let err = client
@@ -308,4 +294,16 @@ async fn assert_attempt_is_dead(
     let err = again.finish().await.unwrap_err();
     assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
     assert!(err.to_string().contains("new attempt id"), "{err}");
+}
+
+/// `inspect` finds damage: a commit needs blocks of `seg-000000.data` that are not on disk.
+fn assert_committed_blocks_lost(dir: &std::path::Path) {
+    let (ok, out) = inspect_dir(dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("DAMAGE")
+            && l.contains("seg-000000.data")
+            && l.contains("committed blocks are lost")),
+        "{out}"
+    );
 }

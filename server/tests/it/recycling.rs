@@ -12,14 +12,14 @@ use std::path::Path;
 const SEGMENT_BYTES_MAX: u64 = 1 << 20;
 const CHUNK_BYTES: u64 = 256 << 10;
 
-/// (inode, length) of every segment file of a shuffle directory.
-fn segments(dir: &Path) -> Vec<(u64, u64)> {
+/// (inode, length) of the files in `dir` whose name starts with `prefix`, sorted.
+fn inodes_and_lengths(dir: &Path, prefix: &str) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = std::fs::read_dir(dir)
-        .expect("list shuffle dir")
+        .expect("list dir")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
         .map(|e| {
-            let m = e.metadata().expect("stat segment");
+            let m = e.metadata().expect("stat");
             (m.ino(), m.len())
         })
         .collect();
@@ -27,18 +27,14 @@ fn segments(dir: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// (inode, length) of every segment file of a shuffle directory.
+fn segments(dir: &Path) -> Vec<(u64, u64)> {
+    inodes_and_lengths(dir, "seg-")
+}
+
 /// (inode, length) of every pooled file of a data dir.
 fn pooled(data_dir: &Path) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = std::fs::read_dir(data_dir.join("segment-pool"))
-        .expect("list pool")
-        .flatten()
-        .map(|e| {
-            let m = e.metadata().expect("stat pooled file");
-            (m.ino(), m.len())
-        })
-        .collect();
-    out.sort_unstable();
-    out
+    inodes_and_lengths(&data_dir.join("segment-pool"), "")
 }
 
 fn assert_inspect_clean(dir: &Path) {
