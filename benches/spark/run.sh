@@ -10,7 +10,10 @@
 #      BENCH_JAR (default: the plugin jar in client/spark/target),
 #      BENCH_CONF / BENCH_CROUPIER_CONF (`k=v;k=v` Spark settings for both modes / for Croupier only; unset
 #      by default: the comparison uses the same config except the shuffle manager lines),
-#      BENCH_SERVER_TOML (extra lines for the server's config file, e.g. `io = "direct"`).
+#      BENCH_SERVER_TOML (extra lines for the server's config file, e.g. `io = "direct"`),
+#      BENCH_WARMUP_JOBS (1: untimed runs of the same job in the same Spark session before the measured one,
+#      so that both modes are measured with warm executor JVMs; their times are reported as
+#      `*_warmup_seconds`; 0 measures the first job of new executors).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -67,7 +70,7 @@ run() {
   local mode="$1"
   log "running $mode ($BYTES bytes, $MASTER)"
   PYSPARK_PYTHON="$VENV/bin/python" "$VENV/bin/python" "$HERE/bench.py" --mode "$mode" --bytes "$BYTES" \
-    --jar "$JAR" --servers "127.0.0.1:$GRPC" --master "$MASTER" --reducers "$REDUCERS" 2>"$WORK/$mode.err" \
+    --jar "$JAR" --servers "127.0.0.1:$GRPC" --master "$MASTER" --reducers "$REDUCERS" --warmup "${BENCH_WARMUP_JOBS:-1}" 2>"$WORK/$mode.err" \
     | grep '^RESULT ' | tail -1 | cut -c8-
 }
 
@@ -81,7 +84,10 @@ measure() {
   [ -n "$r" ] || { log "$mode run failed:"; tail -30 "$WORK/$mode.err" >&2; exit 1; }
   "$VENV/bin/python" -c 'import json, sys
 r = json.loads(sys.argv[2]); r["mode"] = sys.argv[1]
-r["pushed"] = int(sys.argv[5]) - int(sys.argv[3]); r["server_cpu"] = round(float(sys.argv[6]) - float(sys.argv[4]), 2)
+# The server counters cover the warm-up jobs too (identical jobs): report the mean per job.
+jobs = 1 + len(r.get("warmup_seconds", []))
+r["pushed"] = (int(sys.argv[5]) - int(sys.argv[3])) // jobs
+r["server_cpu"] = round((float(sys.argv[6]) - float(sys.argv[4])) / jobs, 2)
 r["t0"], r["t1"] = int(sys.argv[7]), int(sys.argv[8])
 print(json.dumps(r))' "$mode" "$r" "$p0" "$c0" "$(pushed)" "$(server_cpu)" "$t0" "$(date +%s)" >>"$RESULTS"
 }
@@ -106,13 +112,16 @@ for r in rs:
         print("    stage", st, file=sys.stderr)
     print("    process from %d to %d" % (r["t0"], r["t1"]), file=sys.stderr)
     if r["mode"] == "croupier":
-        print("    pushed to the server:", r["pushed"], "bytes; server CPU:", r["server_cpu"], "s", file=sys.stderr)
+        print("    per job: pushed to the server", r["pushed"], "bytes; server CPU", r["server_cpu"], "s", file=sys.stderr)
 med = lambda xs: round(statistics.median(xs), 3)
 print("BENCH " + json.dumps({
     "name": "spark_repartition_%dMiB" % (int(sys.argv[2]) >> 20),
     "croupier_seconds": med([r["seconds"] for r in c]),
     "builtin_seconds": med([r["seconds"] for r in b]),
     "croupier_over_builtin": med([x["seconds"] / y["seconds"] for x, y in zip(c, b)]),
+    "warmup_jobs": len(c[-1].get("warmup_seconds", [])),
+    "croupier_warmup_seconds": med([r["warmup_seconds"][0] for r in c]) if c[-1].get("warmup_seconds") else None,
+    "builtin_warmup_seconds": med([r["warmup_seconds"][0] for r in b]) if b[-1].get("warmup_seconds") else None,
     "runs": len(c),
     "croupier_samples": [r["seconds"] for r in c],
     "builtin_samples": [r["seconds"] for r in b],
