@@ -5,7 +5,8 @@
 //! streams committed partitions back to reducers. The code reads top to bottom, one layer per
 //! representation:
 //!
-//! - [`service`]: gRPC messages -> validated requests ([`ids`] checks every identifier).
+//! - [`service`]: gRPC messages -> validated requests ([`ids`] checks every identifier);
+//!   [`service::raw_fetch`] writes Fetch responses without tonic's encode copy.
 //! - [`store`]: operations on apps and shuffles: push, commit, fetch, unregister, leases, memory budget.
 //!   - [`store::shuffle`]: one shuffle's buffers, attempts, commits and block index.
 //!   - [`store::disk`]: one data dir and its writer thread (group commit).

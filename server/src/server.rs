@@ -5,6 +5,7 @@
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::quota::Quota;
+use crate::service::raw_fetch::FetchFastPath;
 use crate::service::{token_interceptor, Service};
 use crate::store::Store;
 use crate::tls::{TlsFiles, TlsListener};
@@ -109,11 +110,13 @@ pub async fn run(
     spawn_health(store.clone(), health_reporter, stop_rx.clone()).await;
     let mut stop_rx2 = stop_rx.clone();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let service =
-        ShuffleServiceServer::new(Service::with_security(store.clone(), auth.clone(), quota))
-            .max_decoding_message_size(config.message_bytes_max as usize)
-            .max_encoding_message_size(config.encoding_bytes_max());
+    let shuffle_service = Arc::new(Service::with_security(store.clone(), auth.clone(), quota));
+    let service = ShuffleServiceServer::from_arc(shuffle_service.clone())
+        .max_decoding_message_size(config.message_bytes_max as usize)
+        .max_encoding_message_size(config.encoding_bytes_max());
     let service = InterceptedService::new(service, token_interceptor(auth));
+    // Fetch skips tonic's codec (block data is not copied into an encode buffer); the rest is unchanged.
+    let service = FetchFastPath::new(service, shuffle_service, config.message_bytes_max as usize);
     let mut builder = tonic::transport::Server::builder();
     if let Some(files) = &tls {
         builder = builder

@@ -10,6 +10,8 @@ use crate::ids::{AppId, ShuffleKey};
 use crate::quota::Quota;
 use crate::store::shuffle::PushBlock;
 use crate::store::{self, FetchItem, PushResult, Store};
+
+pub mod raw_fetch;
 use croupier_proto::v1 as pb;
 use croupier_proto::v1::shuffle_service_server::ShuffleService;
 use futures::Stream;
@@ -35,6 +37,31 @@ impl Service {
 
     pub fn with_security(store: Arc<Store>, auth: Arc<Auth>, quota: Arc<Quota>) -> Self {
         Service { store, auth, quota }
+    }
+
+    /// Checks and plans a Fetch and starts streaming it: the receiver yields block groups, then the
+    /// summary (or an error).
+    async fn open_fetch(
+        &self,
+        md: &MetadataMap,
+        r: pb::FetchRequest,
+    ) -> Result<mpsc::Receiver<crate::error::Result<FetchItem>>, Status> {
+        let key = key(&r.app_id, r.shuffle_id)?;
+        self.auth.check_app(md, &key.app)?;
+        Ok(self
+            .store
+            .fetch(store::FetchRequest {
+                key,
+                partitions: r.partition_start..r.partition_end,
+                maps: r.map_start..r.map_end,
+                accepted: r
+                    .accepted_attempts
+                    .iter()
+                    .map(|a| (a.map_index, a.attempt_id))
+                    .collect(),
+                chunk_bytes_max: u64::from(r.chunk_bytes_max),
+            })
+            .await?)
     }
 
     /// The app secret of a registration: an app the server holds must present it; a new app gets it.
@@ -68,6 +95,39 @@ fn key(app_id: &str, shuffle_id: u32) -> Result<ShuffleKey, StoreError> {
         app: AppId::parse(app_id)?,
         shuffle_id,
     })
+}
+
+/// A block as a Fetch response carries it.
+fn fetched_block(loc: &store::shuffle::BlockLoc, data: bytes::Bytes) -> pb::FetchedBlock {
+    pb::FetchedBlock {
+        partition_id: loc.partition_id,
+        map_index: loc.map_index,
+        attempt_id: loc.attempt_id,
+        seq: loc.seq,
+        crc32: loc.crc32,
+        data,
+    }
+}
+
+/// The last message of a Fetch stream.
+fn summary_message(maps: Vec<store::shuffle::MapSummary>) -> pb::FetchResponse {
+    let total_blocks = maps.iter().map(|m| m.blocks).sum();
+    let total_bytes = maps.iter().map(|m| m.bytes).sum();
+    pb::FetchResponse {
+        kind: Some(pb::fetch_response::Kind::Summary(pb::FetchSummary {
+            maps: maps
+                .into_iter()
+                .map(|m| pb::MapSummary {
+                    map_index: m.map_index,
+                    attempt_id: m.attempt_id,
+                    blocks: m.blocks,
+                    bytes: m.bytes,
+                })
+                .collect(),
+            total_blocks,
+            total_bytes,
+        })),
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -186,23 +246,10 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
+        // Servers built by `server::serve` answer Fetch in `raw_fetch` (no encode copy); this path serves
+        // the same stream through tonic's codec (tests, and `Service` used without the wrapper).
         let (md, _, r) = request.into_parts();
-        let key = key(&r.app_id, r.shuffle_id)?;
-        self.auth.check_app(&md, &key.app)?;
-        let rx = self
-            .store
-            .fetch(store::FetchRequest {
-                key,
-                partitions: r.partition_start..r.partition_end,
-                maps: r.map_start..r.map_end,
-                accepted: r
-                    .accepted_attempts
-                    .iter()
-                    .map(|a| (a.map_index, a.attempt_id))
-                    .collect(),
-                chunk_bytes_max: u64::from(r.chunk_bytes_max),
-            })
-            .await?;
+        let rx = self.open_fetch(&md, r).await?;
         let store = self.store.clone();
         let stream = ReceiverStream::new(rx).map(move |item| match item {
             Ok(FetchItem::Blocks(blocks)) => {
@@ -211,14 +258,7 @@ impl ShuffleService for Service {
                     .into_iter()
                     .map(|(loc, data)| {
                         bytes += data.len() as u64;
-                        pb::FetchedBlock {
-                            partition_id: loc.partition_id,
-                            map_index: loc.map_index,
-                            attempt_id: loc.attempt_id,
-                            seq: loc.seq,
-                            crc32: loc.crc32,
-                            data,
-                        }
+                        fetched_block(&loc, data)
                     })
                     .collect();
                 store.note_fetched(bytes);
@@ -226,25 +266,7 @@ impl ShuffleService for Service {
                     kind: Some(pb::fetch_response::Kind::Chunk(pb::FetchChunk { blocks })),
                 })
             }
-            Ok(FetchItem::Summary(maps)) => {
-                let total_blocks = maps.iter().map(|m| m.blocks).sum();
-                let total_bytes = maps.iter().map(|m| m.bytes).sum();
-                Ok(pb::FetchResponse {
-                    kind: Some(pb::fetch_response::Kind::Summary(pb::FetchSummary {
-                        maps: maps
-                            .into_iter()
-                            .map(|m| pb::MapSummary {
-                                map_index: m.map_index,
-                                attempt_id: m.attempt_id,
-                                blocks: m.blocks,
-                                bytes: m.bytes,
-                            })
-                            .collect(),
-                        total_blocks,
-                        total_bytes,
-                    })),
-                })
-            }
+            Ok(FetchItem::Summary(maps)) => Ok(summary_message(maps)),
             Err(e) => Err(Status::from(e)),
         });
         Ok(Response::new(Box::pin(stream)))
