@@ -10,6 +10,10 @@
 //! here, while large `data` fields are handed to hyper as the `Bytes` read from the segment (h2 slices them
 //! into DATA frames and writes them with `writev`). Small blocks are copied into the header buffer, so a
 //! chunk of small blocks still leaves as few large pieces.
+//!
+//! Tonic's `max_encoding_message_size` does not apply here; the bound holds by construction instead: the
+//! fetch planner puts at most `chunk_bytes_max` of blocks, or a single block (at most
+//! `message_bytes_max`), into one message, which stays within `Config::encoding_bytes_max`.
 
 use super::{fetched_block, summary_message, Service};
 use crate::store::shuffle::BlockLoc;
