@@ -10,8 +10,6 @@ use crate::ids::{AppId, ShuffleKey};
 use crate::quota::Quota;
 use crate::store::shuffle::PushBlock;
 use crate::store::{self, FetchItem, PushResult, Store};
-
-pub mod raw_fetch;
 use croupier_proto::v1 as pb;
 use croupier_proto::v1::shuffle_service_server::ShuffleService;
 use futures::Stream;
@@ -22,6 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+
+pub mod raw_fetch;
 
 pub struct Service {
     store: Arc<Store>,
@@ -246,7 +246,7 @@ impl ShuffleService for Service {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
-        // Servers built by `server::serve` answer Fetch in `raw_fetch` (no encode copy); this path serves
+        // Servers started by `server::run` answer Fetch in `raw_fetch` (no encode copy); this path serves
         // the same stream through tonic's codec (tests, and `Service` used without the wrapper).
         let (md, _, r) = request.into_parts();
         let rx = self.open_fetch(&md, r).await?;
