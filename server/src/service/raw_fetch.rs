@@ -207,8 +207,9 @@ impl http_body::Body for FetchBody {
             }
             Some(Ok(FetchItem::Summary(maps))) => {
                 let message = summary_message(maps);
-                let mut buf = BytesMut::with_capacity(5 + message.encoded_len());
-                put_message_prefix(&mut buf, message.encoded_len());
+                let len = message.encoded_len();
+                let mut buf = BytesMut::with_capacity(5 + len);
+                put_message_prefix(&mut buf, len);
                 message.encode_raw(&mut buf);
                 this.pieces.push_back(buf.freeze());
                 None
@@ -217,8 +218,8 @@ impl http_body::Body for FetchBody {
             None => Some(Status::ok("")),
         };
         if let Some(status) = status {
+            // Only reached with no piece pending: the trailers follow the last message.
             this.ended = true;
-            this.pieces.clear();
             let mut trailers = http::HeaderMap::new();
             if let Err(e) = status.add_header(&mut trailers) {
                 tracing::warn!(error = %e, "could not encode a Fetch status as trailers");
