@@ -11,6 +11,9 @@
 #      BENCH_CONF / BENCH_CROUPIER_CONF (`k=v;k=v` Spark settings for both modes / for Croupier only; unset
 #      by default: the comparison uses the same config except the shuffle manager lines),
 #      BENCH_SERVER_TOML (extra lines for the server's config file, e.g. `io = "direct"`),
+#      BENCH_POOL_PREFILL (8GiB: the server's `segment_pool_prefill_bytes`, as deploy/croupier.toml sets
+#      it; the jobs start once the pool holds it, so they overwrite pooled files as a server that has
+#      been running does; 0 makes the first jobs write new files),
 #      BENCH_WARMUP_JOBS (1: untimed runs of the same job in the same Spark session before the measured one,
 #      so that both modes are measured with warm executor JVMs; their times are reported as
 #      `*_warmup_seconds`; 0 measures the first job of new executors).
@@ -45,7 +48,8 @@ read -r GRPC ADMIN <<<"$("$VENV/bin/python" -c '
 import socket
 a = socket.socket(); a.bind(("127.0.0.1", 0)); b = socket.socket(); b.bind(("127.0.0.1", 0))
 print(a.getsockname()[1], b.getsockname()[1])')"
-printf '%s\n' "${BENCH_SERVER_TOML:-}" >"$WORK/server.toml"
+PREFILL="${BENCH_POOL_PREFILL:-8GiB}"
+printf 'segment_pool_prefill_bytes = "%s"\n%s\n' "$PREFILL" "${BENCH_SERVER_TOML:-}" >"$WORK/server.toml"
 "$BIN" serve --config "$WORK/server.toml" --listen "127.0.0.1:$GRPC" --admin-listen "127.0.0.1:$ADMIN" \
   --data-dir "$WORK/data" --memory-budget 1GiB >"$WORK/server.log" 2>&1 &
 PID=$!
@@ -56,6 +60,16 @@ for _ in $(seq 1 100); do
   "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$ADMIN/healthz', timeout=1)" 2>/dev/null && break
   sleep 0.2
 done
+
+# Wait (at most 5 minutes) for the segment pool prefill: the log line says when it is done.
+if [ "$PREFILL" != "0" ]; then
+  log "waiting for the server's segment pool prefill ($PREFILL)"
+  for _ in $(seq 1 1500); do
+    grep -q -e "segment pool prefill finished" -e "segment pool prefill stopped" "$WORK/server.log" && break
+    sleep 0.2
+  done
+  grep -e "segment pool prefill" "$WORK/server.log" | tail -1 | sed 's/\x1b\[[0-9;]*m//g' >&2
+fi
 
 # CPU seconds (user + system) the server process used so far.
 server_cpu() {

@@ -86,6 +86,13 @@ pub struct Config {
     /// The pool gives its files back first when a disk runs low on space.
     #[serde(deserialize_with = "de_size")]
     pub segment_pool_bytes_max: u64,
+    /// At startup, each data dir's segment pool is topped up to this many bytes with files of zeros
+    /// (`segment_bytes_max` each), written in the background, so that a new server's first shuffles
+    /// overwrite allocated files as later ones do. The pool persists across restarts: a disk is filled
+    /// once. Stops early rather than take a disk below 2 x `disk_reserve_bytes`. At most
+    /// `segment_pool_bytes_max`; 0 (the default) fills nothing.
+    #[serde(deserialize_with = "de_size")]
+    pub segment_pool_prefill_bytes: u64,
     /// Largest data size of one FetchChunk message.
     #[serde(deserialize_with = "de_size")]
     pub fetch_chunk_bytes_max: u64,
@@ -149,6 +156,7 @@ impl Default for Config {
             write_behind_bytes_min: 512 << 10,
             segment_bytes_max: 1 << 30,
             segment_pool_bytes_max: 8 << 30,
+            segment_pool_prefill_bytes: 0,
             fetch_chunk_bytes_max: 4 << 20,
             fetch_streams_max: 64,
             durability: Durability::Write,
@@ -216,6 +224,12 @@ impl Config {
 
         if self.segment_bytes_max < 4096 {
             return Err("segment_bytes_max: must be at least 4KiB".into());
+        }
+        if self.segment_pool_prefill_bytes > self.segment_pool_bytes_max {
+            return Err(format!(
+                "segment_pool_prefill_bytes ({}) must be at most segment_pool_bytes_max ({})",
+                self.segment_pool_prefill_bytes, self.segment_pool_bytes_max
+            ));
         }
         if self.fetch_chunk_bytes_max == 0 || self.fetch_chunk_bytes_max > FETCH_CHUNK_BYTES_MAX {
             return Err(format!(
@@ -295,6 +309,21 @@ mod tests {
             Config::from_toml("memory_budget_bytes = \"256MiB\"\ndurability = \"fsync\"").unwrap();
         assert_eq!(c.memory_budget_bytes, 256 << 20);
         assert_eq!(c.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn pool_prefill_is_bounded_by_the_pool() {
+        let c = Config::from_toml("segment_pool_prefill_bytes = \"8GiB\"").unwrap();
+        c.validate().unwrap();
+        let c = Config::from_toml(
+            "segment_pool_bytes_max = \"1GiB\"\nsegment_pool_prefill_bytes = \"2GiB\"",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("segment_pool_prefill_bytes") && err.contains("segment_pool_bytes_max"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -195,6 +195,13 @@ impl Store {
                 store.adopt(Arc::new(shuffle));
             }
         }
+        if store.config.segment_pool_prefill_bytes > 0 {
+            for disk in &store.disks {
+                start_pool_prefill(&store, disk).map_err(|e| {
+                    format!("starting the pool prefill of {}: {e}", disk.root.display())
+                })?;
+            }
+        }
         Ok(store)
     }
 
@@ -871,6 +878,63 @@ async fn stream_plan(
         i = j;
     }
     let _ = tx.send(Ok(FetchItem::Summary(plan.maps))).await;
+}
+
+/// Starts the thread that tops up `disk`'s segment pool to `segment_pool_prefill_bytes`
+/// ([`pool::SegmentPool::prefill`]). It stops when done, when the store is dropped or draining, when
+/// the disk leaves service, or before a file would take the disk below twice its reserve (where the
+/// pool starts giving files back).
+fn start_pool_prefill(store: &Arc<Store>, disk: &Arc<Disk>) -> std::io::Result<()> {
+    let target_bytes = store.config.segment_pool_prefill_bytes;
+    let file_bytes = store.config.segment_bytes_max;
+    let weak_store = Arc::downgrade(store);
+    let disk = disk.clone();
+    std::thread::Builder::new()
+        .name(format!("croupier-pool-fill-{}", disk.id))
+        .spawn(move || {
+            let started = Instant::now();
+            let low_bytes = disk.reserve_bytes.saturating_mul(2);
+            let mut since_space_check = u64::MAX;
+            let (done, result) = disk.pool.prefill(target_bytes, file_bytes, || {
+                let Some(store) = weak_store.upgrade() else {
+                    return false;
+                };
+                if store.is_draining() || !disk.takes_new_shuffles() {
+                    return false;
+                }
+                // statvfs every 64 MiB, not every 1 MiB step.
+                since_space_check =
+                    since_space_check.saturating_add(pool::PREFILL_WRITE_BYTES as u64);
+                if since_space_check >= 64 << 20 {
+                    since_space_check = 0;
+                    let free = disk::fs_space(&disk.root).map_or(0, |(free, _)| free);
+                    if free < low_bytes.saturating_add(file_bytes.min(64 << 20)) {
+                        return false;
+                    }
+                }
+                true
+            });
+            let pooled_bytes = disk.pool.bytes();
+            match result {
+                Ok(()) => tracing::info!(
+                    disk = %disk.root.display(),
+                    written_files = done.files,
+                    written_bytes = done.bytes,
+                    pooled_bytes,
+                    target_bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "segment pool prefill finished"
+                ),
+                Err(e) => tracing::warn!(
+                    disk = %disk.root.display(),
+                    written_bytes = done.bytes,
+                    pooled_bytes,
+                    error = %e,
+                    "segment pool prefill stopped by a write error"
+                ),
+            }
+        })
+        .map(|_| ())
 }
 
 /// Moves the segment files of a deleted shuffle into its disk's pool (docs/FORMAT.md, section 2), when

@@ -16,6 +16,12 @@
 //! Limits: the pool holds at most `segment_pool_bytes_max` bytes (file lengths); a file that does not
 //! fit is deleted instead. The pool gives its files up first when the disk runs low on space
 //! ([`SegmentPool::shrink_while`]).
+//!
+//! Prefill ([`SegmentPool::prefill`], `segment_pool_prefill_bytes`): a new server has no deleted
+//! shuffles, so its first shuffles would all write new files. At startup a background thread per data
+//! dir tops the pool up with files of zeros, written once as `<n>.fill` and renamed to `<n>.seg` when
+//! complete (a `.fill` file left by a crash is deleted at the next start). The pool persists across
+//! restarts, so this costs a disk's write bandwidth once in its life, not at every start.
 
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
@@ -57,7 +63,14 @@ impl SegmentPool {
         std::fs::create_dir_all(&dir)?;
         let mut found: Vec<(u64, u64)> = Vec::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
-            let Some(n) = entry.file_name().to_str().and_then(parse_pool_file_name) else {
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if name.ends_with(FILL_SUFFIX) {
+                // A prefill cut short by a crash or a stop: incomplete, never pooled.
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(n) = parse_pool_file_name(name) else {
                 continue;
             };
             match entry.metadata() {
@@ -66,12 +79,13 @@ impl SegmentPool {
             }
         }
         found.sort_unstable();
+        let next = found.last().map_or(0, |(n, _)| n + 1);
         let pool = SegmentPool {
             dir,
             bytes_max,
             disk_label: root.display().to_string(),
             state: Mutex::new(PoolState {
-                next: found.last().map_or(0, |(n, _)| n + 1),
+                next,
                 ..PoolState::default()
             }),
         };
@@ -178,6 +192,98 @@ impl SegmentPool {
     }
 }
 
+/// What [`SegmentPool::prefill`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Prefilled {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl SegmentPool {
+    /// Writes files of zeros into the pool (each `file_bytes` long, the last one shorter) until it
+    /// holds `target_bytes` (capped by its limit), checking `go_on` before each file and every
+    /// [`PREFILL_WRITE_BYTES`] written; a `false` stops it and deletes the file being written. A write
+    /// error stops it too, returned with what was pooled before it. Files that shuffles take from the
+    /// pool meanwhile leave room that is filled again: the loop stops at the target, not at a count.
+    pub fn prefill(
+        &self,
+        target_bytes: u64,
+        file_bytes: u64,
+        mut go_on: impl FnMut() -> bool,
+    ) -> (Prefilled, std::io::Result<()>) {
+        use std::io::Write;
+        assert!(file_bytes > 0, "prefill: file_bytes must be positive");
+        let target_bytes = target_bytes.min(self.bytes_max);
+        let zeros = vec![0u8; PREFILL_WRITE_BYTES];
+        let mut done = Prefilled::default();
+        // Bounded: each round pools one file or returns; shuffles taking files can add rounds, at most
+        // one per file they take.
+        loop {
+            let (n, len) = {
+                let mut st = self.state.lock();
+                let want = target_bytes.saturating_sub(st.bytes).min(file_bytes);
+                if want == 0 {
+                    return (done, Ok(()));
+                }
+                let n = st.next;
+                st.next += 1;
+                (n, want)
+            };
+            if !go_on() {
+                return (done, Ok(()));
+            }
+            let tmp = self.dir.join(format!("{n}{FILL_SUFFIX}"));
+            let written = (|| -> std::io::Result<bool> {
+                let mut f = std::fs::File::create(&tmp)?;
+                let mut left = len;
+                while left > 0 {
+                    if !go_on() {
+                        return Ok(false);
+                    }
+                    let step = left.min(PREFILL_WRITE_BYTES as u64) as usize;
+                    f.write_all(&zeros[..step])?;
+                    left -= step as u64;
+                }
+                Ok(true)
+            })();
+            match written {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return (done, Ok(()));
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return (done, Err(e));
+                }
+            }
+            start_writeback(&tmp);
+            let mut st = self.state.lock();
+            if st.bytes + len > self.bytes_max {
+                // Deleted shuffles filled the pool meanwhile.
+                drop(st);
+                let _ = std::fs::remove_file(&tmp);
+                return (done, Ok(()));
+            }
+            if let Err(e) = std::fs::rename(&tmp, self.dir.join(pool_file_name(n))) {
+                drop(st);
+                let _ = std::fs::remove_file(&tmp);
+                return (done, Err(e));
+            }
+            st.files.push_back((n, len));
+            st.bytes += len;
+            done.files += 1;
+            done.bytes += len;
+        }
+    }
+}
+
+/// Suffix of a pool file being prefilled.
+const FILL_SUFFIX: &str = ".fill";
+
+/// Prefill writes (and checks whether to go on) in steps of this size.
+pub const PREFILL_WRITE_BYTES: usize = 1 << 20;
+
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` over the whole file: starts write-back, does not wait. A
 /// hint; errors are ignored (the file's bytes are stale anyway).
 fn start_writeback(path: &Path) {
@@ -233,6 +339,51 @@ mod tests {
         assert_eq!(pool.take(&shuffle.join("y")), Some(2_000));
         assert_eq!(pool.take(&shuffle.join("z")), None);
         assert_eq!(pool.bytes(), 0);
+    }
+
+    #[test]
+    fn prefill_tops_up_to_the_target_and_a_stop_leaves_no_partial_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = SegmentPool::open(root.path(), 5 * PREFILL_WRITE_BYTES as u64).expect("open");
+        assert!(pool.put(&segment(root.path(), "old", 1_000)));
+        // Stopped inside its second file (after the first file's two go_on calls, the second's check
+        // and one write step): the first file is pooled, the partial second one is deleted.
+        let mut calls = 0;
+        let (done, result) = pool.prefill(u64::MAX, 2 * PREFILL_WRITE_BYTES as u64, || {
+            calls += 1;
+            calls <= 5
+        });
+        result.expect("no write error");
+        assert_eq!(
+            done,
+            Prefilled {
+                files: 1,
+                bytes: 2 * PREFILL_WRITE_BYTES as u64
+            }
+        );
+        let names: Vec<String> = std::fs::read_dir(root.path().join(POOL_DIR))
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().into_string().expect("utf-8"))
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(".seg")), "{names:?}");
+        // Going on (number 2 was used by the file deleted): capped by the limit, the last file shorter.
+        let (done, result) = pool.prefill(u64::MAX, 2 * PREFILL_WRITE_BYTES as u64, || true);
+        result.expect("no write error");
+        let limit = 5 * PREFILL_WRITE_BYTES as u64;
+        assert_eq!(done.bytes, limit - 1_000 - 2 * PREFILL_WRITE_BYTES as u64);
+        assert_eq!(done.files, 2);
+        assert_eq!(pool.bytes(), limit);
+        let zeros = std::fs::read(root.path().join(POOL_DIR).join("3.seg")).expect("read");
+        assert_eq!(zeros.len() as u64, 2 * PREFILL_WRITE_BYTES as u64);
+        assert!(zeros.iter().all(|b| *b == 0));
+        // Full: nothing to do. A leftover `.fill` file is deleted at the next open.
+        assert_eq!(pool.prefill(u64::MAX, 4096, || true).0, Prefilled::default());
+        std::fs::write(root.path().join(POOL_DIR).join("9.fill"), b"partial").expect("plant");
+        drop(pool);
+        let pool = SegmentPool::open(root.path(), limit).expect("reopen");
+        assert_eq!(pool.bytes(), limit);
+        assert!(!root.path().join(POOL_DIR).join("9.fill").exists());
     }
 
     #[test]

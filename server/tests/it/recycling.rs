@@ -189,3 +189,83 @@ async fn the_pool_stays_under_its_limit_and_zero_turns_recycling_off() {
         load_and_verify(next).await;
     }
 }
+
+/// Polls `/status` until the first disk's pool holds `bytes`.
+fn wait_for_pool_bytes(server: &TestServer, bytes: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = server.status_json()["disks"][0]["segment_pool_bytes"].as_u64();
+        if now == Some(bytes) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool holds {now:?} bytes, not {bytes}; log: {}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_prefills_its_pool_and_its_first_shuffle_overwrites_those_files() {
+    // 5.5 MiB: five full 1 MiB files and a half one.
+    let target: u64 = (5 << 20) + (512 << 10);
+    let mut server = TestServer::start(
+        1,
+        &format!(
+            "segment_bytes_max = \"1MiB\"\nchunk_bytes_target = \"256KiB\"\nsegment_pool_bytes_max = \"8MiB\"\nsegment_pool_prefill_bytes = {target}"
+        ),
+    );
+    let data_dir = server.dirs[0].clone();
+    wait_for_pool_bytes(&server, target);
+    let prefilled = pooled(&data_dir);
+    let mut lengths: Vec<u64> = prefilled.iter().map(|s| s.1).collect();
+    lengths.sort_unstable();
+    assert_eq!(
+        lengths,
+        vec![512 << 10, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20]
+    );
+    let names: Vec<String> = std::fs::read_dir(data_dir.join("segment-pool"))
+        .expect("list pool")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.ends_with(".seg")),
+        "only complete files are pooled: {names:?}"
+    );
+    assert!(server.log().contains("segment pool prefill finished"));
+
+    // The first shuffle of the new server takes prefilled files, and serves only its own bytes.
+    let spec = load_spec(&server.grpc, "first", 1, 4, 4, 1 << 20, 64 << 10);
+    load_and_verify(spec.clone()).await;
+    let taken = segments(&server.shuffle_dir("first", 1).expect("shuffle dir"));
+    let prefilled_inodes: HashSet<u64> = prefilled.iter().map(|s| s.0).collect();
+    assert!(
+        !taken.is_empty() && taken.iter().all(|s| prefilled_inodes.contains(&s.0)),
+        "the first shuffle's segments must be prefilled files: {taken:?} vs {prefilled:?}"
+    );
+    let metrics = server.admin_get("/metrics").1;
+    assert_eq!(
+        metric(&metrics, "croupier_segments_recycled_total"),
+        taken.len() as f64
+    );
+    assert_inspect_clean(&data_dir);
+
+    // A restart deletes a fill cut short, tops the pool up to the target again (not past it), and the
+    // shuffle is intact.
+    std::fs::write(data_dir.join("segment-pool").join("99.fill"), [0u8; 4096]).expect("plant");
+    server.restart();
+    wait_for_pool_bytes(&server, target);
+    assert!(!data_dir.join("segment-pool").join("99.fill").exists());
+    assert_eq!(
+        pooled(&data_dir).len(),
+        prefilled.len(),
+        "refilled to the same target"
+    );
+    let mut spec = spec;
+    spec.server = server.grpc.clone();
+    assert_verified(&spec).await;
+    assert_inspect_clean(&data_dir);
+}
