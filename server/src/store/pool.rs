@@ -378,7 +378,10 @@ mod tests {
         assert_eq!(zeros.len() as u64, 2 * PREFILL_WRITE_BYTES as u64);
         assert!(zeros.iter().all(|b| *b == 0));
         // Full: nothing to do. A leftover `.fill` file is deleted at the next open.
-        assert_eq!(pool.prefill(u64::MAX, 4096, || true).0, Prefilled::default());
+        assert_eq!(
+            pool.prefill(u64::MAX, 4096, || true).0,
+            Prefilled::default()
+        );
         std::fs::write(root.path().join(POOL_DIR).join("9.fill"), b"partial").expect("plant");
         drop(pool);
         let pool = SegmentPool::open(root.path(), limit).expect("reopen");
