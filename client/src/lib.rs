@@ -366,6 +366,53 @@ impl Client {
         partitions: Vec<pb::PartitionCount>,
         peers: Vec<pb::PeerPromise>,
     ) -> Result<CommitOutcome> {
+        self.commit_full(
+            app,
+            shuffle,
+            map_index,
+            attempt_id,
+            partitions,
+            peers,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// A commit that carries the attempt's blocks for this server (`blocks`, numbered and checksummed as
+    /// in a push: see [`new_block`]) instead of pushing them first: one call for a small map output. Fails
+    /// with RESOURCE_EXHAUSTED when the server has no memory for them (push them, then commit).
+    pub async fn commit_with_blocks(
+        &self,
+        app: &str,
+        shuffle: u32,
+        map_index: u32,
+        attempt_id: u64,
+        blocks: Vec<pb::Block>,
+    ) -> Result<CommitOutcome> {
+        let partitions = partition_counts_of(&blocks);
+        self.commit_full(
+            app,
+            shuffle,
+            map_index,
+            attempt_id,
+            partitions,
+            Vec::new(),
+            blocks,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_full(
+        &self,
+        app: &str,
+        shuffle: u32,
+        map_index: u32,
+        attempt_id: u64,
+        partitions: Vec<pb::PartitionCount>,
+        peers: Vec<pb::PeerPromise>,
+        blocks: Vec<pb::Block>,
+    ) -> Result<CommitOutcome> {
         let r = self
             .inner
             .clone()
@@ -377,6 +424,7 @@ impl Client {
                     attempt_id,
                     partitions,
                     peers,
+                    blocks,
                 },
                 Some(app),
             ))
@@ -620,6 +668,34 @@ fn is_transport_error(s: &Status) -> bool {
 struct PushStream {
     tx: mpsc::Sender<pb::PushBatch>,
     acks: tonic::Streaming<pb::PushAck>,
+}
+
+/// A block as a push sends it: `seq` counts the partition's blocks of this attempt from 0.
+pub fn new_block(partition_id: u32, seq: u32, data: Bytes) -> pb::Block {
+    pb::Block {
+        partition_id,
+        seq,
+        crc32: crc32fast::hash(&data),
+        data,
+    }
+}
+
+/// Blocks and bytes per partition of `blocks`, by partition: what a commit promises for them.
+pub fn partition_counts_of(blocks: &[pb::Block]) -> Vec<pb::PartitionCount> {
+    let mut counts: std::collections::BTreeMap<u32, (u32, u64)> = Default::default();
+    for b in blocks {
+        let c = counts.entry(b.partition_id).or_default();
+        c.0 += 1;
+        c.1 += b.data.len() as u64;
+    }
+    counts
+        .into_iter()
+        .map(|(partition_id, (blocks, bytes))| pb::PartitionCount {
+            partition_id,
+            blocks,
+            bytes,
+        })
+        .collect()
 }
 
 /// Pushes one map attempt. Call [`MapPusher::push`] per block, then [`MapPusher::finish`], then commit

@@ -213,6 +213,39 @@ impl ShuffleService for Service {
         let (md, _, r) = request.into_parts();
         let key = key(&r.app_id, r.shuffle_id)?;
         self.auth.check_app(&md, &key.app)?;
+        if !r.blocks.is_empty()
+            && !self
+                .store
+                .attempt_is_committing_or_committed(&key, r.map_index, r.attempt_id)?
+        {
+            // Inline blocks (a small map output in one call): stored as a push batch, then committed.
+            // A retry of a commit that went through already skips this (its blocks are held).
+            let stored = store_blocks(
+                &self.store,
+                &self.quota,
+                &key,
+                r.map_index,
+                r.attempt_id,
+                r.blocks,
+            )
+            .await
+            .map_err(|e| {
+                self.store.note_push_refused(e.reason());
+                Status::from(e)
+            })?;
+            match stored {
+                PushResult::Accepted { .. } => {
+                    metrics::counter!("croupier_inline_commits_total").increment(1);
+                }
+                // A committed map answers with its winner below; the blocks were dropped.
+                PushResult::MapCommitted { .. } => {}
+                PushResult::RetryLater { retry_after_ms } => {
+                    return Err(Status::resource_exhausted(format!(
+                        "blocks: the memory budget has no room for this commit's inline blocks; nothing was stored or committed: push them in a stream (or retry after {retry_after_ms} ms)"
+                    )));
+                }
+            }
+        }
         let promised = r.partitions.iter().map(count_from_pb).collect();
         let peers = r
             .peers
@@ -365,37 +398,18 @@ async fn push_batch(
         *refused_from = None;
     }
     let key = key(&batch.app_id, batch.shuffle_id)?;
-    if batch.blocks.len() > store.config.batch_blocks_max as usize {
-        return Err(StoreError::invalid(
-            "blocks",
-            format!(
-                "{} blocks in one batch; at most {} are allowed",
-                batch.blocks.len(),
-                store.config.batch_blocks_max
-            ),
-        ));
-    }
-    let bytes: u64 = batch.blocks.iter().map(|b| b.data.len() as u64).sum();
-    let reservation = quota.reserve(store, &key.app, bytes)?;
-    let blocks = batch
-        .blocks
-        .into_iter()
-        .map(|b| PushBlock {
-            partition_id: b.partition_id,
-            seq: b.seq,
-            crc32: b.crc32,
-            data: b.data,
-        })
-        .collect();
-    match store
-        .push(&key, batch.map_index, batch.attempt_id, blocks)
-        .await?
+    match store_blocks(
+        store,
+        quota,
+        &key,
+        batch.map_index,
+        batch.attempt_id,
+        batch.blocks,
+    )
+    .await?
     {
         PushResult::Accepted { duplicate_blocks } => {
             ack.duplicate_blocks = duplicate_blocks;
-            if let Some(r) = reservation {
-                r.accepted();
-            }
         }
         PushResult::RetryLater { retry_after_ms } => {
             ack.status = pb::PushStatus::RetryLater as i32;
@@ -409,6 +423,44 @@ async fn push_batch(
     }
     ack.memory_used_bytes = store.memory.used_bytes();
     Ok(ack)
+}
+
+/// Stores the blocks of one push batch, or of a commit's inline blocks: checks the block count, charges
+/// the app's quota (kept only if the store accepts them), and hands them to the store.
+async fn store_blocks(
+    store: &Store,
+    quota: &Arc<Quota>,
+    key: &ShuffleKey,
+    map_index: u32,
+    attempt_id: u64,
+    blocks: Vec<pb::Block>,
+) -> Result<PushResult, StoreError> {
+    if blocks.len() > store.config.batch_blocks_max as usize {
+        return Err(StoreError::invalid(
+            "blocks",
+            format!(
+                "{} blocks in one batch; at most {} are allowed",
+                blocks.len(),
+                store.config.batch_blocks_max
+            ),
+        ));
+    }
+    let bytes: u64 = blocks.iter().map(|b| b.data.len() as u64).sum();
+    let reservation = quota.reserve(store, &key.app, bytes)?;
+    let blocks = blocks
+        .into_iter()
+        .map(|b| PushBlock {
+            partition_id: b.partition_id,
+            seq: b.seq,
+            crc32: b.crc32,
+            data: b.data,
+        })
+        .collect();
+    let result = store.push(key, map_index, attempt_id, blocks).await?;
+    if let (PushResult::Accepted { .. }, Some(r)) = (&result, reservation) {
+        r.accepted();
+    }
+    Ok(result)
 }
 
 fn count_from_pb(p: &pb::PartitionCount) -> PartitionCount {

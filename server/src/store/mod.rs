@@ -502,6 +502,19 @@ impl Store {
         }
     }
 
+    /// See [`Shuffle::attempt_is_committing_or_committed`]: a retried commit with inline blocks skips
+    /// storing them again.
+    pub fn attempt_is_committing_or_committed(
+        &self,
+        key: &ShuffleKey,
+        map_index: u32,
+        attempt_id: u64,
+    ) -> Result<bool> {
+        Ok(self
+            .shuffle(key)?
+            .attempt_is_committing_or_committed(map_index, attempt_id))
+    }
+
     pub async fn commit(
         &self,
         key: &ShuffleKey,

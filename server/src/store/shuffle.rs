@@ -236,6 +236,17 @@ impl Shuffle {
             .count() as u32
     }
 
+    /// True when `attempt_id` is committing or has committed `map_index` (false for an index out of
+    /// range: the push or commit that follows refuses it with its own error).
+    pub fn attempt_is_committing_or_committed(&self, map_index: u32, attempt_id: u64) -> bool {
+        let st = self.state.lock();
+        match st.maps.get(map_index as usize) {
+            Some(MapCommit::Committing(a)) => *a == attempt_id,
+            Some(MapCommit::Committed(r)) => r.attempt_id == attempt_id,
+            _ => false,
+        }
+    }
+
     pub fn add_segment_reader(&self, id: u32, file: Arc<File>) {
         self.segments.write().insert(id, file);
     }

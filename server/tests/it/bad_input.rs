@@ -205,6 +205,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_touches_no_other_app
         attempt_id: 1,
         partitions: pc1,
         peers: Vec::new(),
+        blocks: Vec::new(),
     };
     assert!(
         raw.commit_map_attempt(c)
@@ -242,6 +243,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_touches_no_other_app
         attempt_id: 1,
         partitions: parts,
         peers: Vec::new(),
+        blocks: Vec::new(),
     };
     let pc = |p, blocks, bytes| pb::PartitionCount {
         partition_id: p,

@@ -178,6 +178,12 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
                 bytes: 9,
             }],
         }],
+        blocks: vec![pb::Block {
+            partition_id: 1,
+            seq: 0,
+            crc32: crc32fast::hash(b"fuzzing"),
+            data: bytes::Bytes::from_static(b"fuzzing"),
+        }],
     };
     out.push(("commit.pb".into(), commit.encode_to_vec()));
     let reg = pb::RegisterShuffleRequest {

@@ -248,6 +248,113 @@ async fn only_the_first_attempt_to_commit_is_served_and_a_resent_block_is_stored
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_map_output_commits_with_its_blocks_in_one_call() {
+    use croupier_client::{new_block, proto as pb};
+    let mut server = TestServer::start(1, "");
+    let client = server.client().await;
+    client.register_shuffle("inline", 0, 3, 4).await.unwrap();
+    let data = |tag: u8, len: usize| Bytes::from(vec![tag; len]);
+    let pushed_bytes = |server: &TestServer| {
+        metric(&server.admin_get("/metrics").1, "croupier_push_bytes_total") as u64
+    };
+
+    // Map 0, attempt 10: two blocks of partition 0 and one of partition 2, stored and committed in
+    // one CommitMapAttempt.
+    let blocks = vec![
+        new_block(0, 0, data(b'x', 700)),
+        new_block(2, 0, data(b'y', 300)),
+        new_block(0, 1, data(b'z', 5)),
+    ];
+    let won = client
+        .commit_with_blocks("inline", 0, 0, 10, blocks.clone())
+        .await
+        .unwrap();
+    assert!(won.committed);
+    assert_eq!(won.committed_attempt_id, 10);
+    assert_eq!(pushed_bytes(&server), 1005);
+    // A retry of the same call (a lost answer) stores nothing twice and answers the same.
+    let again = client
+        .commit_with_blocks("inline", 0, 0, 10, blocks)
+        .await
+        .unwrap();
+    assert!(again.committed);
+    // A speculative attempt of the same map loses, and its inline blocks are never served.
+    let lost = client
+        .commit_with_blocks("inline", 0, 0, 11, vec![new_block(0, 0, data(b'L', 64))])
+        .await
+        .unwrap();
+    assert!(!lost.committed);
+    assert_eq!(lost.committed_attempt_id, 10);
+
+    // Map 1 the usual way, so that the partitions mix both kinds of commit.
+    let mut pusher = client.pusher("inline", 0, 1, 20);
+    pusher.push(2, data(b'p', 4000)).await.unwrap();
+    assert!(pusher.commit().await.unwrap().0.committed);
+
+    let read = |blocks: &[pb::FetchedBlock]| -> Vec<(u32, u32, u64, Vec<u8>)> {
+        blocks
+            .iter()
+            .map(|b| (b.partition_id, b.map_index, b.attempt_id, b.data.to_vec()))
+            .collect()
+    };
+    let (fetched, summary) = client
+        .fetch(fetch_req("inline", 0, 0..4, 0..2))
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&fetched),
+        vec![
+            (0, 0, 10, vec![b'x'; 700]),
+            (0, 0, 10, vec![b'z'; 5]),
+            (2, 0, 10, vec![b'y'; 300]),
+            (2, 1, 20, vec![b'p'; 4000]),
+        ]
+    );
+    assert_eq!(summary.total_bytes, 5005);
+
+    // Bad inline blocks are refused with the field named, and nothing of that call is stored or
+    // committed: the map commits afterwards with good blocks.
+    let mut bad = new_block(1, 0, data(b'c', 100));
+    bad.crc32 ^= 1;
+    let err = client
+        .commit_with_blocks(
+            "inline",
+            0,
+            2,
+            30,
+            vec![new_block(3, 0, data(b'g', 10)), bad],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("blocks.crc32"), "{err}");
+    let err = client
+        .commit_with_blocks("inline", 0, 2, 30, vec![new_block(1, 1, data(b'q', 10))])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("seq"), "out of sequence: {err}");
+    let ok = client
+        .commit_with_blocks("inline", 0, 2, 31, vec![new_block(1, 0, data(b'k', 10))])
+        .await
+        .unwrap();
+    assert!(ok.committed && ok.committed_attempt_id == 31);
+    // Stored inline: attempts 10 and 31 (not the retry, not the loser, not the refused calls).
+    let metrics = server.admin_get("/metrics").1;
+    assert_eq!(metric(&metrics, "croupier_inline_commits_total"), 2.0);
+    assert_eq!(metric(&metrics, "croupier_commits_total"), 3.0);
+
+    // Inline commits are as durable as pushed ones: after kill -9 the same bytes are served.
+    server.restart();
+    let client = server.client().await;
+    let (after, _) = client
+        .fetch(fetch_req("inline", 0, 0..4, 0..3))
+        .await
+        .unwrap();
+    let mut expected = read(&fetched);
+    expected.insert(2, (1, 2, 31, vec![b'k'; 10]));
+    assert_eq!(read(&after), expected);
+}
+
 /// Sends batches on one push stream and returns their acks.
 pub async fn push_raw(
     client: &croupier_client::Client,

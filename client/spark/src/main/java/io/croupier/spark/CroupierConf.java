@@ -15,6 +15,7 @@ public final class CroupierConf {
   public static final String PUSH_MAX_BLOCK_SIZE = "spark.croupier.push.maxBlockSize";
   public static final String PUSH_BATCH_SIZE = "spark.croupier.push.batchSize";
   public static final String PUSH_MAX_IN_FLIGHT = "spark.croupier.push.maxInFlightBatches";
+  public static final String COMMIT_INLINE = "spark.croupier.commit.inline";
   public static final String PUSH_ACK_TIMEOUT = "spark.croupier.push.ackTimeout";
   public static final String RPC_TIMEOUT = "spark.croupier.rpc.timeout";
   public static final String CONNECT_TIMEOUT = "spark.croupier.connect.timeout";
@@ -63,6 +64,7 @@ public final class CroupierConf {
     c.batchBytes = Math.max(1, conf.getSizeAsBytes(PUSH_BATCH_SIZE, "2m"));
     c.maxBatchBytes = Math.max(c.batchBytes, Math.min(SERVER_MESSAGE_LIMIT * 3 / 4, c.batchBytes * 3));
     c.maxInFlightBatches = Math.max(1, conf.getInt(PUSH_MAX_IN_FLIGHT, 4));
+    c.inlineCommit = conf.getBoolean(COMMIT_INLINE, true);
     c.ackTimeoutMs = conf.getTimeAsMs(PUSH_ACK_TIMEOUT, "120s");
     c.rpcTimeoutMs = conf.getTimeAsMs(RPC_TIMEOUT, "60s");
     c.connectTimeoutMs = conf.getTimeAsMs(CONNECT_TIMEOUT, "5s");

@@ -1,5 +1,7 @@
 package io.croupier.spark;
 
+import io.croupier.proto.v1.Block;
+import io.croupier.proto.v1.CommitMapAttemptRequest;
 import io.croupier.proto.v1.CommitMapAttemptResponse;
 import io.croupier.spark.client.ClientConf;
 import io.croupier.spark.client.CroupierClients;
@@ -98,8 +100,12 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       recordsWritten = writeSorted(dep, records);
     }
     long t0 = System.nanoTime();
+    // What is left for the leader server, when nothing went there yet, rides in the commit itself.
+    List<Block> inline = cc.inlineCommit
+        ? pusher.takeUnsent(MapCommitter.leader(mapIndex, servers.size()))
+        : List.of();
     pusher.finish();
-    long winner = commit(servers, app, shuffleId);
+    long winner = commit(servers, app, shuffleId, inline);
     partitionLengths = pusher.partitionLengths();
     long total = 0;
     for (long l : partitionLengths) {
@@ -238,20 +244,36 @@ public class CroupierShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     };
   }
 
-  private long commit(List<String> servers, String app, int shuffleId) throws IOException {
+  private long commit(List<String> servers, String app, int shuffleId, List<Block> inline) throws IOException {
     ClientConf cc = handle.clientConf();
     return MapCommitter.commit((s, req) -> {
       try {
-        CommitMapAttemptResponse r = CroupierClients.blocking(servers.get(s), cc, handle.appSecret(s))
-            .commitMapAttempt(req);
-        return r;
+        return commitCall(servers, s, cc, req);
       } catch (RuntimeException e) {
         Status st = Status.fromThrowable(e);
-        throw new IOException("Croupier: CommitMapAttempt(app=" + app + ", shuffle=" + shuffleId + ", map=" + mapIndex
-            + ", attempt=" + attemptId + ") on server " + servers.get(s) + " failed: " + CroupierSecurity.describe(st),
-            e);
+        if (st.getCode() == Status.Code.RESOURCE_EXHAUSTED && req.getBlocksCount() > 0) {
+          // No memory on the server for the inline blocks (nothing was stored): push them, then commit.
+          pusher.pushTaken(s, req.getBlocksList());
+          try {
+            return commitCall(servers, s, cc, req.toBuilder().clearBlocks().build());
+          } catch (RuntimeException again) {
+            throw commitFailed(app, shuffleId, servers.get(s), again);
+          }
+        }
+        throw commitFailed(app, shuffleId, servers.get(s), e);
       }
-    }, pusher, servers, app, shuffleId, mapIndex, attemptId, testFaultAfterLeader());
+    }, pusher, servers, app, shuffleId, mapIndex, attemptId, inline, testFaultAfterLeader());
+  }
+
+  private CommitMapAttemptResponse commitCall(List<String> servers, int s, ClientConf cc,
+      CommitMapAttemptRequest req) {
+    return CroupierClients.blocking(servers.get(s), cc, handle.appSecret(s)).commitMapAttempt(req);
+  }
+
+  private IOException commitFailed(String app, int shuffleId, String server, RuntimeException e) {
+    Status st = Status.fromThrowable(e);
+    return new IOException("Croupier: CommitMapAttempt(app=" + app + ", shuffle=" + shuffleId + ", map=" + mapIndex
+        + ", attempt=" + attemptId + ") on server " + server + " failed: " + CroupierSecurity.describe(st), e);
   }
 
   @Override

@@ -19,6 +19,11 @@ public final class ClientConf implements Serializable {
   public long batchBytes = 2L << 20;
   /** A batch never exceeds this (server max message is about 8 MiB). */
   public long maxBatchBytes = 6L << 20;
+  /**
+   * A map attempt that pushed nothing to its leader server before finishing sends what it has left for
+   * that server (less than one batch) with its commit: one call instead of a push stream and a commit.
+   */
+  public boolean inlineCommit = true;
   /** Unacknowledged batches per push stream. */
   public int maxInFlightBatches = 4;
   /** How long a pusher waits for an ack before failing the task. */

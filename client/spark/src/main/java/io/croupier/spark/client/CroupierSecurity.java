@@ -155,8 +155,11 @@ public final class CroupierSecurity {
           return "TLS handshake failed" + (root != null ? " (" + root + ")" : "") + ": " + CA_FILE_KEY + " must be the PEM of the CA that signed the server's "
               + "certificate, and the certificate must name the host of spark.croupier.servers";
         }
-        if (d.contains("network closed for unknown reason") && !CroupierClients.security().tls()) {
-          // What a plaintext client sees from a TLS server.
+        boolean closedByPeer = d.contains("network closed for unknown reason")
+            || (d.contains("io exception") && !hasCause(st.getCause(), java.net.ConnectException.class));
+        if (closedByPeer && !CroupierClients.security().tls()) {
+          // What a plaintext client sees from a TLS server: the server closes the connection, which
+          // grpc-netty reports either way depending on timing (a reset shows as an I/O exception).
           return "if the server uses TLS (--tls-cert), set " + CA_FILE_KEY;
         }
         return null;

@@ -1,5 +1,6 @@
 package io.croupier.spark.client;
 
+import io.croupier.proto.v1.Block;
 import io.croupier.proto.v1.CommitMapAttemptRequest;
 import io.croupier.proto.v1.CommitMapAttemptResponse;
 import io.croupier.proto.v1.PartitionCount;
@@ -59,10 +60,21 @@ public final class MapCommitter {
   /** As {@link #commit(CommitCall, MapPusher, List, String, int, int, long)}, with a hook after the leader. */
   public static long commit(CommitCall call, MapPusher pusher, List<String> servers, String appId, int shuffleId,
       int mapIndex, long attemptId, AfterLeaderCommit afterLeader) throws IOException {
+    return commit(call, pusher, servers, appId, shuffleId, mapIndex, attemptId, List.of(), afterLeader);
+  }
+
+  /**
+   * As above, with {@code leaderBlocks} (from {@link MapPusher#takeUnsent} of the leader) sent inline in
+   * the leader's commit: the attempt's whole output on the leader, never pushed in a stream. Only the
+   * leader's commit carries blocks: the other servers must hold an attempt's data before its leader
+   * commit names them, so a winner's promises can always be committed there.
+   */
+  public static long commit(CommitCall call, MapPusher pusher, List<String> servers, String appId, int shuffleId,
+      int mapIndex, long attemptId, List<Block> leaderBlocks, AfterLeaderCommit afterLeader) throws IOException {
     List<Integer> order = commitOrder(pusher, mapIndex, servers.size());
     int leader = order.get(0);
     CommitMapAttemptRequest.Builder first = request(appId, shuffleId, mapIndex, attemptId,
-        pusher.partitionCounts(leader));
+        pusher.partitionCounts(leader)).addAllBlocks(leaderBlocks);
     for (int s : order.subList(1, order.size())) {
       first.addPeers(PeerPromise.newBuilder().setServer(servers.get(s)).addAllPartitions(pusher.partitionCounts(s)));
     }

@@ -116,6 +116,42 @@ public final class MapPusher {
     bytesPushed += n;
   }
 
+  /**
+   * Takes the blocks buffered for {@code server} out of the pusher, to be sent with the commit instead of
+   * in a push stream, when nothing was sent to that server yet (no stream open): then they are the whole
+   * of the attempt's output there, less than one batch. Returns an empty list otherwise. Counts and
+   * lengths still include them. Call before {@link #finish()}.
+   */
+  public List<Block> takeUnsent(int server) {
+    if (finished || sinks[server] != null || pending[server].isEmpty()) {
+      return List.of();
+    }
+    List<Block> out = pending[server];
+    pending[server] = new ArrayList<>();
+    pendingBytes[server] = 0;
+    return out;
+  }
+
+  /**
+   * Pushes {@code blocks} (from {@link #takeUnsent}) to {@code server} after all, in a stream of their
+   * own, and waits for the ack: the fallback when the server had no memory for them in a commit.
+   */
+  public void pushTaken(int server, List<Block> blocks) throws IOException {
+    BatchSink sink = sinks[server];
+    if (sink == null) {
+      sink = sinkFactory.apply(server);
+      sinks[server] = sink;
+    }
+    long t0 = System.nanoTime();
+    sink.send(blocks);
+    sink.finish();
+    sendNanos += System.nanoTime() - t0;
+    batchesSent++;
+    for (Block b : blocks) {
+      bytesPushed += b.getData().size();
+    }
+  }
+
   /** Sends what is left and waits for every ack. */
   public void finish() throws IOException {
     for (int s = 0; s < numServers; s++) {

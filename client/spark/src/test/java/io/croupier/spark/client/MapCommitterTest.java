@@ -120,4 +120,39 @@ class MapCommitterTest {
     MapPusher p = pusherWithDataOn(0, 2);
     assertThrows(IOException.class, () -> MapCommitter.commit(call, p, SERVERS, "app", 1, 0, 12));
   }
+
+  @Test
+  void unsentLeaderBlocksRideInTheLeaderCommitOnly() throws IOException {
+    int[] owner = {0, 1, 2};
+    List<MapPusherTest.FakeSink> opened = new ArrayList<>();
+    MapPusher p = new MapPusher(owner, 3, s -> {
+      MapPusherTest.FakeSink sink = new MapPusherTest.FakeSink();
+      opened.add(sink);
+      return sink;
+    }, 1 << 20, 4 << 20, 1024);
+    p.addBlock(1, new byte[] {1, 2, 3}, 3); // leader of map 4 is server 1
+    p.addBlock(1, new byte[] {4}, 1);
+    p.addBlock(2, new byte[] {5, 6}, 2);
+    List<io.croupier.proto.v1.Block> inline = p.takeUnsent(1);
+    assertEquals(2, inline.size());
+    assertTrue(p.takeUnsent(1).isEmpty(), "taken once");
+    p.finish();
+    assertEquals(1, opened.size(), "a stream to server 2 only: the leader's blocks were not pushed");
+    assertEquals(7, MapCommitter.commit(call, p, SERVERS, "app", 1, 4, 7, inline, () -> { }));
+    assertEquals(List.of(1, 2), calls);
+    assertEquals(inline, requests.get(0).getBlocksList());
+    assertEquals(List.of(0, 1), List.of(inline.get(0).getSeq(), inline.get(1).getSeq()));
+    // The commit still counts them, and the peer's commit carries no blocks.
+    assertEquals(2, requests.get(0).getPartitions(0).getBlocks());
+    assertEquals(4, requests.get(0).getPartitions(0).getBytes());
+    assertTrue(requests.get(1).getBlocksList().isEmpty());
+    // A server that already has a stream open gets no inline blocks: they follow the pushed ones.
+    MapPusher q = new MapPusher(owner, 3, s -> new MapPusherTest.FakeSink(), 2, 4 << 20, 1024);
+    q.addBlock(0, new byte[] {1}, 1);
+    q.addBlock(0, new byte[] {2}, 1); // batchBytes 2: these two are sent
+    q.addBlock(0, new byte[] {3}, 1); // buffered
+    assertTrue(q.takeUnsent(0).isEmpty());
+    q.finish();
+    assertEquals(3, q.blocksOf(0));
+  }
 }
