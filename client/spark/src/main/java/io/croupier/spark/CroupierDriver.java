@@ -1,5 +1,9 @@
 package io.croupier.spark;
 
+import com.google.common.util.concurrent.FutureCallback;
+import com.google.common.util.concurrent.Futures;
+import com.google.common.util.concurrent.ListenableFuture;
+import com.google.common.util.concurrent.MoreExecutors;
 import io.croupier.proto.v1.HeartbeatRequest;
 import io.croupier.proto.v1.HeartbeatResponse;
 import io.croupier.proto.v1.RegisterShuffleRequest;
@@ -43,6 +47,8 @@ final class CroupierDriver {
   private volatile String appId;
   private volatile long leaseMs;
   private ScheduledExecutorService heartbeat;
+  /** Servers whose last heartbeat has not been answered yet. */
+  private final Set<String> heartbeatsInFlight = ConcurrentHashMap.newKeySet();
   private boolean stopped;
 
   private CroupierDriver(SparkConf conf) {
@@ -183,20 +189,44 @@ final class CroupierDriver {
     LOG.info("Croupier: app {} heartbeat every {} ms to {}", appId(), interval, servers);
   }
 
+  /**
+   * One heartbeat to every server, all at once and without waiting for the answers: a server that is down
+   * or slow must not delay the others' heartbeats past their lease (which would delete the app's data on
+   * healthy servers). At most one heartbeat per server is in flight; each has a deadline.
+   */
   private void beat() {
     String app = appId();
+    long deadlineMs = Math.min(Math.min(clientConf.rpcTimeoutMs, 10_000), Math.max(1_000, leaseMs > 0 ? leaseMs / 2 : 10_000));
     for (String s : servers) {
-      try {
-        HeartbeatResponse r = CroupierClients.blocking(s, clientConf, appSecrets.get(s))
-            .withDeadlineAfter(Math.min(clientConf.rpcTimeoutMs, 10_000), TimeUnit.MILLISECONDS)
-            .heartbeat(HeartbeatRequest.newBuilder().setAppId(app).build());
-        if (!r.getKnown() && !shuffles.isEmpty()) {
-          LOG.error("Croupier: server {} does not know app {} any more (lease expired or server lost its data): "
-              + "its shuffles are gone", s, app);
-        }
-      } catch (RuntimeException e) {
-        LOG.warn("Croupier: heartbeat to {} failed: {}", s, CroupierSecurity.describe(Status.fromThrowable(e)));
+      if (!heartbeatsInFlight.add(s)) {
+        continue; // the previous one has not finished (it will within its deadline)
       }
+      ListenableFuture<HeartbeatResponse> call;
+      try {
+        call = CroupierClients.future(s, clientConf, appSecrets.get(s))
+            .withDeadlineAfter(deadlineMs, TimeUnit.MILLISECONDS)
+            .heartbeat(HeartbeatRequest.newBuilder().setAppId(app).build());
+      } catch (RuntimeException e) {
+        heartbeatsInFlight.remove(s);
+        LOG.warn("Croupier: heartbeat to {} failed: {}", s, CroupierSecurity.describe(Status.fromThrowable(e)));
+        continue;
+      }
+      Futures.addCallback(call, new FutureCallback<HeartbeatResponse>() {
+        @Override
+        public void onSuccess(HeartbeatResponse r) {
+          heartbeatsInFlight.remove(s);
+          if (!r.getKnown() && !shuffles.isEmpty()) {
+            LOG.error("Croupier: server {} does not know app {} any more (lease expired or server lost its data): "
+                + "its shuffles are gone", s, app);
+          }
+        }
+
+        @Override
+        public void onFailure(Throwable t) {
+          heartbeatsInFlight.remove(s);
+          LOG.warn("Croupier: heartbeat to {} failed: {}", s, CroupierSecurity.describe(Status.fromThrowable(t)));
+        }
+      }, MoreExecutors.directExecutor());
     }
   }
 

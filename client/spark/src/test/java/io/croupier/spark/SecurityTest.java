@@ -145,6 +145,10 @@ class SecurityTest {
       return null;
     }
 
+    /** Heartbeats are left unanswered (a server that hangs). */
+    volatile boolean hangHeartbeats;
+    final java.util.concurrent.atomic.AtomicInteger hungHeartbeats = new java.util.concurrent.atomic.AtomicInteger();
+
     int ok(String method) {
       return ok.getOrDefault(method, 0);
     }
@@ -163,6 +167,10 @@ class SecurityTest {
 
     @Override
     public void heartbeat(HeartbeatRequest r, StreamObserver<HeartbeatResponse> out) {
+      if (hangHeartbeats) {
+        hungHeartbeats.incrementAndGet();
+        return; // never answered: a stuck server
+      }
       StatusRuntimeException e = check("heartbeat", r.getAppId(), false);
       if (e != null) {
         out.onError(e);
@@ -335,6 +343,25 @@ class SecurityTest {
         });
     assertTrue(done.await(10, TimeUnit.SECONDS));
     return err.get();
+  }
+
+  @Test
+  void aStuckServerDoesNotHoldUpHeartbeatsToTheOthers() throws Exception {
+    String a = startServer("key-a", TOKEN, null, null);
+    String b = startServer("key-b", TOKEN, null, null);
+    SparkConf conf = conf(a + "," + b).set(CroupierConf.AUTH_TOKEN, TOKEN);
+    CroupierClients.configure(CroupierConf.security(conf));
+    CroupierDriver driver = CroupierDriver.create(conf);
+    driver.registerShuffle(0, 1, 1);
+    assertTrue(waitFor(() -> servers.get(1).ok("heartbeat") > 0), "heartbeats start");
+    // Server a stops answering. Its heartbeat hangs until its deadline (10 s here); b's go on every 50 ms.
+    servers.get(0).hangHeartbeats = true;
+    assertTrue(waitFor(() -> servers.get(0).hungHeartbeats.get() > 0), "a heartbeat reached the stuck server");
+    int before = servers.get(1).ok("heartbeat");
+    Thread.sleep(1_000);
+    int during = servers.get(1).ok("heartbeat") - before;
+    assertTrue(during >= 5, "heartbeats to the live server while the other hangs: " + during);
+    assertEquals(1, servers.get(0).hungHeartbeats.get(), "one heartbeat in flight per server, not a pile-up");
   }
 
   @Test

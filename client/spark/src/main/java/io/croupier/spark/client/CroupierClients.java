@@ -135,6 +135,17 @@ public final class CroupierClients {
     return auth == null ? stub : stub.withInterceptors(auth);
   }
 
+  /**
+   * A future stub that never waits for the channel to connect (unlike {@link #blocking} and {@link #async}):
+   * a call to a server that is down fails on its own, within its deadline, without holding up the caller.
+   * For calls made to every server in turn (heartbeats).
+   */
+  public static ShuffleServiceGrpc.ShuffleServiceFutureStub future(String server, ClientConf conf, String appSecret) {
+    ShuffleServiceGrpc.ShuffleServiceFutureStub stub = ShuffleServiceGrpc.newFutureStub(channel(server, conf));
+    AuthInterceptor auth = AuthInterceptor.of(security, appSecret);
+    return auth == null ? stub : stub.withInterceptors(auth);
+  }
+
   /** An async stub (push and fetch streams), sending the token and {@code appSecret} like {@link #blocking}. */
   public static ShuffleServiceGrpc.ShuffleServiceStub async(String server, ClientConf conf, String appSecret) {
     ShuffleServiceGrpc.ShuffleServiceStub stub = ShuffleServiceGrpc.newStub(ready(server, conf));
