@@ -16,6 +16,7 @@ public final class CroupierConf {
   public static final String PUSH_BATCH_SIZE = "spark.croupier.push.batchSize";
   public static final String PUSH_MAX_IN_FLIGHT = "spark.croupier.push.maxInFlightBatches";
   public static final String COMMIT_INLINE = "spark.croupier.commit.inline";
+  public static final String HTTP2_MAX_FRAME_SIZE = "spark.croupier.http2.maxFrameSize";
   public static final String PUSH_ACK_TIMEOUT = "spark.croupier.push.ackTimeout";
   public static final String RPC_TIMEOUT = "spark.croupier.rpc.timeout";
   public static final String CONNECT_TIMEOUT = "spark.croupier.connect.timeout";
@@ -65,6 +66,8 @@ public final class CroupierConf {
     c.maxBatchBytes = Math.max(c.batchBytes, Math.min(SERVER_MESSAGE_LIMIT * 3 / 4, c.batchBytes * 3));
     c.maxInFlightBatches = Math.max(1, conf.getInt(PUSH_MAX_IN_FLIGHT, 4));
     c.inlineCommit = conf.getBoolean(COMMIT_INLINE, true);
+    c.http2MaxFrameBytes = (int) Math.max(16L << 10, Math.min(conf.getSizeAsBytes(HTTP2_MAX_FRAME_SIZE, "1m"),
+        (16L << 20) - 1));
     c.ackTimeoutMs = conf.getTimeAsMs(PUSH_ACK_TIMEOUT, "120s");
     c.rpcTimeoutMs = conf.getTimeAsMs(RPC_TIMEOUT, "60s");
     c.connectTimeoutMs = conf.getTimeAsMs(CONNECT_TIMEOUT, "5s");

@@ -40,6 +40,11 @@ public final class ClientConf implements Serializable {
   public int fetchChunkBytes = (4 << 20) - (64 << 10);
   /** Largest message the client accepts. */
   public int maxInboundMessageBytes = 64 << 20;
+  /**
+   * Largest HTTP/2 DATA frame the client lets the server send (SETTINGS_MAX_FRAME_SIZE, 16 KiB ..= 16 MiB;
+   * plaintext connections only, see {@link FrameSizeNegotiator}). 16 KiB (the HTTP/2 default) sends nothing.
+   */
+  public int http2MaxFrameBytes = 1 << 20;
   /** HTTP/2 flow-control window of the client. */
   public int flowControlWindowBytes = 8 << 20;
   /**

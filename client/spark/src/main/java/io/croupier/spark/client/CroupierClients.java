@@ -4,6 +4,8 @@ import io.croupier.proto.v1.ShuffleServiceGrpc;
 import io.grpc.ConnectivityState;
 import io.grpc.ManagedChannel;
 import io.grpc.netty.GrpcSslContexts;
+import io.grpc.netty.InternalNettyChannelBuilder;
+import io.grpc.netty.InternalProtocolNegotiators;
 import io.grpc.netty.NettyChannelBuilder;
 import java.io.File;
 import java.util.Map;
@@ -80,6 +82,11 @@ public final class CroupierClients {
       }
     } else {
       b.usePlaintext();
+      if (conf.http2MaxFrameBytes > 16 << 10) {
+        int frame = conf.http2MaxFrameBytes;
+        InternalNettyChannelBuilder.setProtocolNegotiatorFactory(b,
+            () -> new FrameSizeNegotiator(InternalProtocolNegotiators.plaintext(), frame));
+      }
     }
     return b.build();
   }
