@@ -366,15 +366,15 @@ impl Client {
         partitions: Vec<pb::PartitionCount>,
         peers: Vec<pb::PeerPromise>,
     ) -> Result<CommitOutcome> {
-        self.commit_full(
-            app,
-            shuffle,
+        self.commit_request(pb::CommitMapAttemptRequest {
+            app_id: app.into(),
+            shuffle_id: shuffle,
             map_index,
             attempt_id,
             partitions,
             peers,
-            Vec::new(),
-        )
+            blocks: Vec::new(),
+        })
         .await
     }
 
@@ -389,54 +389,30 @@ impl Client {
         attempt_id: u64,
         blocks: Vec<pb::Block>,
     ) -> Result<CommitOutcome> {
-        let partitions = partition_counts_of(&blocks);
-        self.commit_full(
-            app,
-            shuffle,
+        self.commit_request(pb::CommitMapAttemptRequest {
+            app_id: app.into(),
+            shuffle_id: shuffle,
             map_index,
             attempt_id,
-            partitions,
-            Vec::new(),
+            partitions: partition_counts_of(&blocks),
+            peers: Vec::new(),
             blocks,
-        )
+        })
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_full(
-        &self,
-        app: &str,
-        shuffle: u32,
-        map_index: u32,
-        attempt_id: u64,
-        partitions: Vec<pb::PartitionCount>,
-        peers: Vec<pb::PeerPromise>,
-        blocks: Vec<pb::Block>,
-    ) -> Result<CommitOutcome> {
+    async fn commit_request(&self, r: pb::CommitMapAttemptRequest) -> Result<CommitOutcome> {
+        let what = format!(
+            "commit app {} shuffle {} map {} attempt {}",
+            r.app_id, r.shuffle_id, r.map_index, r.attempt_id
+        );
+        let app = r.app_id.clone();
         let r = self
             .inner
             .clone()
-            .commit_map_attempt(self.request(
-                pb::CommitMapAttemptRequest {
-                    app_id: app.into(),
-                    shuffle_id: shuffle,
-                    map_index,
-                    attempt_id,
-                    partitions,
-                    peers,
-                    blocks,
-                },
-                Some(app),
-            ))
+            .commit_map_attempt(self.request(r, Some(&app)))
             .await
-            .map_err(|s| {
-                ClientError::status(
-                    format!(
-                        "commit app {app} shuffle {shuffle} map {map_index} attempt {attempt_id}"
-                    ),
-                    s,
-                )
-            })?
+            .map_err(|s| ClientError::status(what, s))?
             .into_inner();
         Ok(CommitOutcome {
             committed: r.committed,
@@ -749,12 +725,7 @@ impl MapPusher {
             return Ok(());
         }
         let e = self.counts.entry(partition_id).or_insert((0, 0));
-        let block = pb::Block {
-            partition_id,
-            seq: e.0,
-            crc32: crc32fast::hash(&data),
-            data,
-        };
+        let block = new_block(partition_id, e.0, data);
         e.0 += 1;
         e.1 += block.data.len() as u64;
         self.stats.blocks += 1;
