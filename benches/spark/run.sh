@@ -81,6 +81,14 @@ server_writes() {
   awk '/^syscw:/ { print $2 }' "/proc/$PID/io" 2>/dev/null || echo 0
 }
 
+# "sum count" of the server's commit latency histogram so far.
+commits() {
+  "$VENV/bin/python" -c "import urllib.request
+m = dict(l.rsplit(' ', 1) for l in urllib.request.urlopen('http://127.0.0.1:$ADMIN/metrics').read().decode().splitlines()
+         if l.startswith('croupier_commit_latency_seconds_'))
+print(m.get('croupier_commit_latency_seconds_sum', '0'), m.get('croupier_commit_latency_seconds_count', '0'))"
+}
+
 pushed() {
   "$VENV/bin/python" -c "import json, urllib.request; print(json.load(urllib.request.urlopen('http://127.0.0.1:$ADMIN/status'))['push_bytes_total'])"
 }
@@ -97,8 +105,8 @@ RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 # One repetition of one mode: its RESULT json plus, for Croupier, the bytes pushed and the server's CPU.
 measure() {
-  local mode="$1" p0 c0 w0 r t0
-  p0="$(pushed)"; c0="$(server_cpu)"; w0="$(server_writes)"; t0="$(date +%s)"
+  local mode="$1" p0 c0 w0 k0 r t0
+  p0="$(pushed)"; c0="$(server_cpu)"; w0="$(server_writes)"; k0="$(commits)"; t0="$(date +%s)"
   r="$(run "$mode")"
   [ -n "$r" ] || { log "$mode run failed:"; tail -30 "$WORK/$mode.err" >&2; exit 1; }
   "$VENV/bin/python" -c 'import json, sys
@@ -109,7 +117,10 @@ r["pushed"] = (int(sys.argv[5]) - int(sys.argv[3])) // jobs
 r["server_cpu"] = round((float(sys.argv[6]) - float(sys.argv[4])) / jobs, 2)
 r["t0"], r["t1"] = int(sys.argv[7]), int(sys.argv[8])
 r["server_writes"] = (int(sys.argv[10]) - int(sys.argv[9])) // jobs
-print(json.dumps(r))' "$mode" "$r" "$p0" "$c0" "$(pushed)" "$(server_cpu)" "$t0" "$(date +%s)" "$w0" "$(server_writes)" >>"$RESULTS"
+(s0, n0), (s1, n1) = [map(float, a.split()) for a in (sys.argv[11], sys.argv[12])]
+r["commit_ms_mean"] = round(1000 * (s1 - s0) / (n1 - n0), 1) if n1 > n0 else None
+print(json.dumps(r))' "$mode" "$r" "$p0" "$c0" "$(pushed)" "$(server_cpu)" "$t0" "$(date +%s)" "$w0" "$(server_writes)" \
+    "$k0" "$(commits)" >>"$RESULTS"
 }
 
 # BENCH_RUNS repetitions, alternating which mode goes first (builtin, croupier, croupier, builtin, ...) so
@@ -126,14 +137,15 @@ b = [r for r in rs if r["mode"] == "builtin"]
 c = [r for r in rs if r["mode"] == "croupier"]
 for r in rs:
     name = "%-8s" % r["mode"]
-    print(name + ":", {k: v for k, v in r.items() if k not in ("stages", "mode", "pushed", "server_cpu", "server_writes", "t0", "t1")},
+    print(name + ":", {k: v for k, v in r.items() if k not in ("stages", "mode", "pushed", "server_cpu", "server_writes", "commit_ms_mean", "t0", "t1")},
           file=sys.stderr)
     for st in r.get("stages", []):
         print("    stage", st, file=sys.stderr)
     print("    process from %d to %d" % (r["t0"], r["t1"]), file=sys.stderr)
     if r["mode"] == "croupier":
         print("    per job: pushed to the server", r["pushed"], "bytes; server CPU", r["server_cpu"], "s;",
-              r["server_writes"], "write system calls", file=sys.stderr)
+              r["server_writes"], "write system calls; commits took", r["commit_ms_mean"], "ms on average",
+              file=sys.stderr)
 med = lambda xs: round(statistics.median(xs), 3)
 print("BENCH " + json.dumps({
     "name": "spark_repartition_%dMiB" % (int(sys.argv[2]) >> 20),

@@ -71,10 +71,15 @@ fn inspect_shuffle(dir: &Path, report: &mut Report) {
     );
     let mut segments: HashMap<u32, std::fs::File> = HashMap::new();
     let ids = segment_ids(dir);
-    // Only the last segment can hold unsynced appends (the writer fdatasyncs a segment when it rolls
-    // past it): there, a chunk header that disagrees with its index record is a chunk that never reached
-    // the disk, as restart sees it, not bit rot.
-    let last_segment = ids.last().copied();
+    // Only the last two segments can hold unsynced appends (every finished segment is fdatasync'd, and
+    // the writer waits for that before it rolls past the next one): there, a chunk header that disagrees
+    // with its index record is a chunk that never reached the disk, as restart sees it, not bit rot.
+    let unsynced_segments: Vec<u32> = ids
+        .iter()
+        .rev()
+        .take(crate::store::recovery::UNSYNCED_SEGMENTS_MAX)
+        .copied()
+        .collect();
     for id in ids {
         if let Ok(f) = std::fs::File::open(dir.join(segment_file_name(id))) {
             segments.insert(id, f);
@@ -130,7 +135,7 @@ fn inspect_shuffle(dir: &Path, report: &mut Report) {
         };
         match files::chunk_matches_record(file, rec) {
             Ok(Ok(())) => {}
-            Ok(Err(why)) if Some(rec.segment_id) == last_segment => {
+            Ok(Err(why)) if unsynced_segments.contains(&rec.segment_id) => {
                 outlived(
                     format!(
                         "{} offset {}: chunk of partition {} is not on disk ({why})",

@@ -16,6 +16,7 @@ use super::files::PendingChunk;
 use super::memory::MemoryBudget;
 use super::pool::SegmentPool;
 use super::shuffle::Shuffle;
+use super::syncer::SegmentSyncer;
 use crate::config::Durability;
 use crate::error::{Result, StoreError};
 use crate::format::CommitRecord;
@@ -84,6 +85,8 @@ pub struct Disk {
     queued_bytes: AtomicU64,
     /// Segment files of deleted shuffles, to be overwritten by new segments.
     pub pool: Arc<SegmentPool>,
+    /// Syncs finished segments off the writer thread.
+    pub syncer: Arc<SegmentSyncer>,
 }
 
 impl Disk {
@@ -97,6 +100,16 @@ impl Disk {
     ) -> std::io::Result<Arc<Disk>> {
         let pool = Arc::new(SegmentPool::open(&root, pool_bytes_max)?);
         let (tx, rx) = mpsc::unbounded_channel();
+        let failing: Arc<std::sync::OnceLock<std::sync::Weak<Disk>>> = Arc::default();
+        let syncer = {
+            let failing = failing.clone();
+            SegmentSyncer::start(format!("croupier-sync-{id}"), move |why| {
+                if let Some(disk) = failing.get().and_then(std::sync::Weak::upgrade) {
+                    disk.write_errors.fetch_add(1, Ordering::AcqRel);
+                    disk.fail(why);
+                }
+            })?
+        };
         let disk = Arc::new(Disk {
             id,
             root,
@@ -111,9 +124,11 @@ impl Disk {
             bytes_written: AtomicU64::new(0),
             queued_bytes: AtomicU64::new(0),
             pool,
+            syncer,
         });
         disk.refresh_space();
         let weak = Arc::downgrade(&disk);
+        let _ = failing.set(weak.clone());
         std::thread::Builder::new()
             .name(format!("croupier-disk-{id}"))
             .spawn(move || writer_loop(rx, memory, durability, weak))?;

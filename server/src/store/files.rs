@@ -7,6 +7,7 @@
 //! would bury.
 
 use super::pool::SegmentPool;
+use super::syncer::{PendingSync, SegmentSyncer};
 use crate::error::{Result, StoreError};
 use crate::format::{
     frame_record, ChunkHeader, CommitRecord, IndexBlock, IndexRecord, CHUNK_HEADER_BYTES,
@@ -319,6 +320,22 @@ impl AppendFile {
         self.writeback_len = self.writeback_len.min(len);
     }
 
+    /// The last sync of a finished segment: handed to `syncer` (the caller waits on the result before
+    /// it relies on the segment being synced), or done here without one. None when nothing is unsynced.
+    fn final_sync(self, syncer: Option<&SegmentSyncer>) -> Result<Option<PendingSync>> {
+        if self.synced_len == self.len && !self.broken {
+            return Ok(None);
+        }
+        match syncer {
+            Some(s) => Ok(Some(s.submit(self.file, self.path))),
+            None => {
+                let mut f = self;
+                f.sync()?;
+                Ok(None)
+            }
+        }
+    }
+
     fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()
@@ -417,6 +434,11 @@ pub struct ShuffleFiles {
     pool: Option<Arc<SegmentPool>>,
     /// Set when the shuffle is deleted: no more appends (its segments may be in the pool by then).
     retired: bool,
+    /// Syncs finished segments off the writer thread (synced here when None).
+    syncer: Option<Arc<SegmentSyncer>>,
+    /// The previous segment's final sync, when it may still be running: waited for before the next
+    /// roll and before any sync of this shuffle, so at most the last two segments are ever unsynced.
+    syncing: Option<PendingSync>,
 }
 
 impl ShuffleFiles {
@@ -428,6 +450,7 @@ impl ShuffleFiles {
         segments: &[u32],
         direct: bool,
         pool: Option<Arc<SegmentPool>>,
+        syncer: Option<Arc<SegmentSyncer>>,
     ) -> Result<ShuffleFiles> {
         let created = !dir.join(INDEX_FILE).exists() || !dir.join(COMMIT_FILE).exists();
         let index = AppendFile::open(dir.join(INDEX_FILE))?;
@@ -456,6 +479,8 @@ impl ShuffleFiles {
             direct,
             pool,
             retired: false,
+            syncer,
+            syncing: None,
         })
     }
 
@@ -480,9 +505,13 @@ impl ShuffleFiles {
             }
         };
         if roll {
-            // The finished segment gets its final sync now: later group syncs only see the new one.
-            if let Some((_, old)) = self.segment.as_mut() {
-                old.sync()?;
+            // The finished segment gets its final sync, on the disk's sync thread; the one before it
+            // must be done first (later group syncs only see the new segment and this one).
+            if let Some(previous) = self.syncing.take() {
+                previous.wait()?;
+            }
+            if let Some((_, old)) = self.segment.take() {
+                self.syncing = old.final_sync(self.syncer.as_deref())?;
             }
             let id = self.next_segment_id;
             let path = self.dir.join(segment_file_name(id));
@@ -608,8 +637,12 @@ impl ShuffleFiles {
         }
     }
 
-    /// fsyncs the segment and index when they have unsynced appends.
+    /// fsyncs the segment and index when they have unsynced appends, after the previous segment's
+    /// final sync finished.
     pub fn sync_data(&mut self) -> Result<()> {
+        if let Some(previous) = self.syncing.take() {
+            previous.wait()?;
+        }
         if !self.unsynced {
             return Ok(());
         }

@@ -8,6 +8,7 @@
 //! - [`disk`]: a data directory and its writer thread (group commit).
 //! - [`files`]: every file operation of a shuffle directory.
 //! - [`pool`]: segment files of deleted shuffles, recycled for new segments.
+//! - [`syncer`]: the final `fdatasync` of finished segments, off the writer thread.
 //! - [`recovery`]: rebuilding shuffles from disk at startup.
 
 pub mod disk;
@@ -16,6 +17,7 @@ pub mod memory;
 pub mod pool;
 pub mod recovery;
 pub mod shuffle;
+pub mod syncer;
 
 use crate::config::Config;
 use crate::error::{Result, StoreError};
@@ -347,6 +349,7 @@ impl Store {
             .collect();
         let direct = self.config.io == crate::config::IoMode::Direct;
         let pool = disk.pool.clone();
+        let syncer = disk.syncer.clone();
         let files = tokio::task::spawn_blocking(move || -> Result<files::ShuffleFiles> {
             for old in leftovers {
                 tracing::warn!(dir = %old.display(), "removing a leftover directory of a re-registered shuffle");
@@ -363,7 +366,14 @@ impl Store {
                     files::sync_dir(apps_dir)?;
                 }
             }
-            files::ShuffleFiles::open(&dir2, segment_bytes_max, &[], direct, Some(pool))
+            files::ShuffleFiles::open(
+                &dir2,
+                segment_bytes_max,
+                &[],
+                direct,
+                Some(pool),
+                Some(syncer),
+            )
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("registration task failed: {e}")))??;

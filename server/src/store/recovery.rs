@@ -17,9 +17,14 @@ use crate::format::{
     MAGIC_COMMIT, MAGIC_INDEX, MAGIC_META,
 };
 use crate::ids::{AppId, ShuffleKey};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// A shuffle's last segments that may hold unsynced chunks after a crash: the one being written, and
+/// the one before it, whose final sync may not have finished (store/syncer.rs).
+pub const UNSYNCED_SEGMENTS_MAX: usize = 2;
 
 /// Recovers every shuffle of one disk. Directories that cannot be recovered are logged and left alone.
 pub fn recover_disk(disk: &Arc<Disk>, memory: &Arc<MemoryBudget>, config: &Config) -> Vec<Shuffle> {
@@ -112,10 +117,11 @@ fn recover_shuffle(
         &segments,
         direct,
         Some(disk.pool.clone()),
+        Some(disk.syncer.clone()),
     )
     .map_err(|e| e.to_string())?;
     let mut damage: Vec<String> = Vec::new();
-    let mut segment_lens = std::collections::HashMap::new();
+    let mut segment_lens = HashMap::new();
     for &id in &segments {
         let path = dir.join(files::segment_file_name(id));
         let f = if direct {
@@ -147,12 +153,21 @@ fn recover_shuffle(
     let index_path = dir.join(INDEX_FILE);
     let index_bytes = files::read_file(&index_path).map_err(|e| e.to_string())?;
     let mut chunks = Vec::new();
-    // Every segment but the last was fdatasync'd when the writer rolled past it, so only the last one
-    // can hold index records whose chunks never reached the disk while the file is long enough (a
-    // recycled segment's stale bytes): those chunk headers are checked (FORMAT.md section 10.2 step 3).
-    let last_segment = segments.last().copied();
-    let last_reader = last_segment
-        .and_then(|id| std::fs::File::open(dir.join(files::segment_file_name(id))).ok());
+    // Every segment but the last two was fdatasync'd: a shuffle's previous segment may still have been
+    // syncing on the disk's sync thread (store/syncer.rs), and the last one is synced only by commits
+    // with durability `fsync`. Index records of those two can point at chunks that never reached the
+    // disk while the file is long enough (a recycled segment's stale bytes): their chunk headers are
+    // checked (FORMAT.md section 10.2 step 3).
+    let unsynced_readers: HashMap<u32, std::fs::File> = segments
+        .iter()
+        .rev()
+        .take(UNSYNCED_SEGMENTS_MAX)
+        .filter_map(|&id| {
+            std::fs::File::open(dir.join(files::segment_file_name(id)))
+                .ok()
+                .map(|f| (id, f))
+        })
+        .collect();
     let mut skipped_attempts: std::collections::HashSet<(u32, u64)> = Default::default();
     let cut = replay(
         &index_bytes,
@@ -163,9 +178,8 @@ fn recover_shuffle(
             let r = IndexRecord::decode_body(body)?;
             let end = r.chunk_offset + CHUNK_HEADER_BYTES as u64 + u64::from(r.payload_len);
             let missing = match segment_lens.get(&r.segment_id) {
-                Some((_, len)) if end <= *len => match (Some(r.segment_id) == last_segment)
-                    .then_some(last_reader.as_ref())
-                    .flatten()
+                Some((_, len)) if end <= *len => match unsynced_readers
+                    .get(&r.segment_id)
                     .map(|f| files::chunk_matches_record(f, &r))
                 {
                     None | Some(Ok(Ok(()))) => None,

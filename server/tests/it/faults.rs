@@ -167,6 +167,57 @@ async fn eio_on_fsync_fails_the_commit_cleanly() {
     assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
 }
 
+/// A finished segment is synced on the disk's sync thread, off the writer (FORMAT.md section 8). When
+/// that `fdatasync` fails, the disk still fails at once and the shuffle's commits are refused naming
+/// the segment, although no commit waited for that sync (durability `write`). The probe is kept out of
+/// the way so the failure can only come from the sync thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eio_on_the_background_sync_of_a_finished_segment_fails_the_disk() {
+    let mut server = TestServer::start_with(
+        1,
+        vec![],
+        "disk_probe_interval_ms = 600000
+segment_bytes_max = \"256KiB\"\nchunk_bytes_target = \"64KiB\"",
+        true,
+    );
+    let before = load_spec(&server.grpc, "segsync", 1, 2, 4, 1 << 20, 64 << 10);
+    loadgen::load(before.clone()).await.unwrap();
+    server.fiu("enable name=posix/io/sync/fdatasync,failinfo=5");
+    let err = loadgen::load(load_spec(
+        &server.grpc,
+        "segsync",
+        2,
+        4,
+        4,
+        1 << 20,
+        64 << 10,
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("fdatasync of finished segment"),
+        "{err}"
+    );
+    assert!(server.is_running());
+    let status = server.status_json();
+    assert_eq!(status["disks"][0]["state"], "failed", "{status}");
+    let errors = metric(
+        &server.admin_get("/metrics").1,
+        "croupier_disk_errors_total",
+    );
+    assert!(
+        errors >= 1.0,
+        "the failed sync is not in croupier_disk_errors_total"
+    );
+    server.fiu("disable name=posix/io/sync/fdatasync");
+    // Shuffle 1's segments were synced before the fault: a restart serves it intact.
+    server.restart_plain();
+    inspect_ok(&server.dirs[0]);
+    let mut before = before;
+    before.server = server.grpc.clone();
+    assert_verified(&before).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eio_on_read_fails_the_fetch_and_never_serves_wrong_data() {
     let mut server = TestServer::start_with(1, vec![], FAST_PROBE, true);

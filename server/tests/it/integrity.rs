@@ -307,3 +307,74 @@ fn assert_committed_blocks_lost(dir: &std::path::Path) {
         "{out}"
     );
 }
+
+/// The finished segment before the last one may still have been syncing on the disk's sync thread at a
+/// crash, so restart checks chunk headers in a shuffle's last **two** segments: a chunk of the
+/// second-to-last segment that never replaced stale bytes is skipped at restart (not served as damage),
+/// and `inspect` agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_chunk_in_the_segment_before_the_last_is_skipped_at_restart() {
+    let app = "stale2";
+    let mut server = TestServer::start(
+        1,
+        "write_behind_bytes_min = \"64KiB\"\nsegment_bytes_max = \"128KiB\"",
+    );
+    let client = server.client().await;
+    client.register_shuffle(app, 1, 3, 1).await.unwrap();
+    let dir = server.shuffle_dir(app, 1).unwrap();
+    // Map 0 commits into seg 0; maps 1 and 2 are written behind, one segment each, never committed.
+    let mut map0 = client.pusher(app, 1, 0, 1);
+    map0.push(0, Bytes::from(vec![7u8; 200 << 10]))
+        .await
+        .unwrap();
+    assert!(map0.commit().await.unwrap().0.committed);
+    for map in 1..3u32 {
+        let mut pusher = client.pusher(app, 1, map, 10 + u64::from(map));
+        pusher
+            .push(0, Bytes::from(vec![map as u8; 200 << 10]))
+            .await
+            .unwrap();
+        pusher.finish().await.unwrap();
+        let segment = dir.join(format!("seg-{map:06}.data"));
+        let mut written = false;
+        for _ in 0..100 {
+            if std::fs::metadata(&segment).is_ok_and(|m| m.len() >= 200 << 10) {
+                written = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            written,
+            "map {map}'s buffer was not written behind into {segment:?}"
+        );
+    }
+    server.sigterm_and_wait();
+
+    // As if map 1's chunk never reached the disk of a recycled seg 1, which was still syncing.
+    let seg1 = dir.join("seg-000001.data");
+    let len = std::fs::metadata(&seg1).unwrap().len() as usize;
+    std::fs::write(&seg1, vec![0x5Au8; len]).unwrap();
+    let (ok, out) = inspect_dir(&dir);
+    assert!(
+        ok,
+        "an uncommitted chunk lost in a crash is not damage: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("TORN")
+            && l.contains("seg-000001.data")
+            && l.contains("not on disk")
+            && l.contains("only uncommitted blocks")),
+        "{out}"
+    );
+    server.restart();
+    let client = server.client().await;
+    let (blocks, _) = client.fetch(fetch_req(app, 1, 0..1, 0..1)).await.unwrap();
+    assert_eq!(
+        blocks.iter().map(|b| b.data.len()).sum::<usize>(),
+        200 << 10
+    );
+    assert!(blocks.iter().all(|b| b.map_index == 0));
+    assert_attempt_is_dead(&client, app, 1, 11).await;
+    server.sigterm_and_wait();
+}

@@ -1,0 +1,89 @@
+package io.croupier.spark.bench;
+
+import com.google.protobuf.ByteString;
+import io.croupier.proto.v1.FetchRequest;
+import io.croupier.proto.v1.FetchResponse;
+import io.croupier.proto.v1.FetchedBlock;
+import io.croupier.spark.client.ClientConf;
+import io.croupier.spark.client.CroupierClients;
+import io.croupier.spark.client.Crc;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
+import java.lang.management.ManagementFactory;
+import java.util.concurrent.LinkedBlockingQueue;
+
+/**
+ * The JVM side of a fetch, alone (not a test; docs/PERFORMANCE.md round 7): fetches every partition of a
+ * shuffle written by {@code croupier load} through the plugin's own channels, one partition at a time with
+ * the reader's read-ahead, checks each block's CRC, and prints throughput and this process's CPU per GiB for
+ * each round.
+ *
+ * <pre>
+ * mvn -q test-compile dependency:build-classpath -Dmdep.outputFile=cp.txt
+ * java -cp target/test-classes:target/classes:$(cat cp.txt) io.croupier.spark.bench.FetchLoop \
+ *     SERVER APP SHUFFLE PARTITIONS ROUNDS HTTP2_FRAME_BYTES MAPS
+ * </pre>
+ */
+public final class FetchLoop {
+  public static void main(String[] args) throws Exception {
+    String server = args[0];
+    String app = args[1];
+    int shuffle = Integer.parseInt(args[2]);
+    int partitions = Integer.parseInt(args[3]);
+    int rounds = Integer.parseInt(args[4]);
+    ClientConf cc = new ClientConf();
+    cc.http2MaxFrameBytes = Integer.parseInt(args[5]);
+    com.sun.management.OperatingSystemMXBean os =
+        (com.sun.management.OperatingSystemMXBean) ManagementFactory.getOperatingSystemMXBean();
+    for (int r = 0; r < rounds; r++) {
+      long cpu0 = os.getProcessCpuTime();
+      long t0 = System.nanoTime();
+      long bytes = 0;
+      for (int p = 0; p < partitions; p++) {
+        LinkedBlockingQueue<Object> q = new LinkedBlockingQueue<>();
+        FetchRequest req = FetchRequest.newBuilder().setAppId(app).setShuffleId(shuffle).setPartitionStart(p)
+            .setPartitionEnd(p + 1).setMapStart(0).setMapEnd(Integer.parseInt(args[6])).setChunkBytesMax(cc.fetchChunkBytes).build();
+        final ClientCallStreamObserver<?>[] call = new ClientCallStreamObserver<?>[1];
+        CroupierClients.async(server, cc, null).fetch(req, new ClientResponseObserver<FetchRequest, FetchResponse>() {
+          @Override
+          public void beforeStart(ClientCallStreamObserver<FetchRequest> s) {
+            call[0] = s;
+            s.disableAutoRequestWithInitial(2);
+          }
+          @Override
+          public void onNext(FetchResponse v) { q.add(v); }
+          @Override
+          public void onError(Throwable t) { q.add(t); }
+          @Override
+          public void onCompleted() { q.add("end"); }
+        });
+        while (true) {
+          Object o = q.take();
+          if (o instanceof Throwable) {
+            throw new RuntimeException((Throwable) o);
+          }
+          if (!(o instanceof FetchResponse)) {
+            break;
+          }
+          call[0].request(1);
+          FetchResponse resp = (FetchResponse) o;
+          if (resp.hasChunk()) {
+            for (FetchedBlock b : resp.getChunk().getBlocksList()) {
+              ByteString d = b.getData();
+              if (Crc.of(d) != b.getCrc32()) {
+                throw new IllegalStateException("crc");
+              }
+              bytes += d.size();
+            }
+          }
+        }
+      }
+      double s = (System.nanoTime() - t0) / 1e9;
+      double cpu = (os.getProcessCpuTime() - cpu0) / 1e9;
+      double gib = bytes / (double) (1L << 30);
+      System.out.printf("round %d: %.3f GiB in %.2f s = %.2f GiB/s, client CPU %.2f s/GiB%n", r, gib, s, gib / s,
+          cpu / gib);
+    }
+    CroupierClients.shutdown();
+  }
+}
