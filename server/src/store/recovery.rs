@@ -168,6 +168,19 @@ fn recover_shuffle(
                 .map(|f| (id, f))
         })
         .collect();
+    // The segment before the last may still have been syncing when the server stopped (after kill -9
+    // its dirty pages are left to the kernel): sync it now, so that only the last two segments can be
+    // unsynced after this start too.
+    if let Some(previous) = segments.iter().rev().nth(1) {
+        if let Some(f) = unsynced_readers.get(previous) {
+            f.sync_data().map_err(|e| {
+                format!(
+                    "fdatasync of {}: {e}",
+                    dir.join(files::segment_file_name(*previous)).display()
+                )
+            })?;
+        }
+    }
     let mut skipped_attempts: std::collections::HashSet<(u32, u64)> = Default::default();
     let cut = replay(
         &index_bytes,
