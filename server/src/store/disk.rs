@@ -3,8 +3,8 @@
 //! Every write to a disk goes through one thread that takes jobs from a queue. It drains all
 //! queued jobs at once and handles them as a group: chunks of every job are appended first (the chunks
 //! of all jobs of one shuffle in a single append, in queue order), then, when
-//! durability is `fsync`, each touched shuffle is synced once, then the commit records are appended and
-//! synced once more, and only then are the jobs answered. Concurrent commits therefore share their
+//! durability is `fsync`, each shuffle with a commit in the group is synced once, then the commit records
+//! are appended and synced once more, and only then are the jobs answered. Concurrent commits therefore share their
 //! fsyncs (group commit), and a commit record is never on disk before the data it promises.
 //!
 //! Jobs are enqueued while the shuffle's state lock is held, so the queue order is the order in which
@@ -485,6 +485,16 @@ fn sync_each_shuffle(
             continue;
         }
         done.push(ptr);
+        // Only a shuffle with a commit in this group needs its appends on disk now: that sync also covers
+        // every earlier append of the shuffle, so a group of flushes alone never waits for the disk (its
+        // write-back was started, see `start_writeback`).
+        let committing = jobs
+            .iter()
+            .zip(results.iter())
+            .any(|(j, r)| r.is_ok() && j.commit.is_some() && Arc::as_ptr(&j.shuffle) == ptr);
+        if !committing {
+            continue;
+        }
         if let Err(e) = sync(&mut jobs[i].shuffle.files.lock()) {
             let msg = e.to_string();
             disk.write_errors.fetch_add(1, Ordering::AcqRel);
