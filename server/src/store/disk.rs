@@ -106,6 +106,8 @@ impl Disk {
             SegmentSyncer::start(format!("croupier-sync-{id}"), move |why| {
                 if let Some(disk) = failing.get().and_then(std::sync::Weak::upgrade) {
                     disk.write_errors.fetch_add(1, Ordering::AcqRel);
+                    metrics::counter!("croupier_disk_errors_total", "disk" => disk.root.display().to_string(), "reason" => "io")
+                        .increment(1);
                     disk.fail(why);
                 }
             })?
