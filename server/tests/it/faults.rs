@@ -12,6 +12,27 @@ use tonic::Code;
 const FAST_PROBE: &str =
     "disk_probe_interval_ms = 200\ndisk_reserve_bytes = \"1MiB\"\nchunk_bytes_target = \"256KiB\"";
 
+/// Restarts `server` without fault injection, checks its data dir with `inspect`, and verifies `spec`
+/// (a shuffle written before the fault) byte for byte.
+async fn restart_inspect_and_verify(server: &mut TestServer, mut spec: loadgen::LoadSpec) {
+    server.restart_plain();
+    inspect_ok(&server.dirs[0]);
+    spec.server = server.grpc.clone();
+    assert_verified(&spec).await;
+}
+
+/// The failed `what` (an fsync) is counted in `croupier_disk_errors_total`.
+fn assert_disk_error_counted(server: &TestServer, what: &str) {
+    let errors = metric(
+        &server.admin_get("/metrics").1,
+        "croupier_disk_errors_total",
+    );
+    assert!(
+        errors >= 1.0,
+        "the failed {what} is not in croupier_disk_errors_total"
+    );
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !cond() {
@@ -117,11 +138,7 @@ async fn eio_on_write_fails_the_disk_loses_only_its_shuffles_and_the_probe_retur
     load_and_verify(load_spec(&server.grpc, "eio", 2, 2, 4, 2 << 20, 64 << 10)).await;
 
     // The files themselves were never damaged: after a restart the first shuffle verifies again.
-    server.restart_plain();
-    inspect_ok(&server.dirs[0]);
-    let mut before = before;
-    before.server = server.grpc.clone();
-    assert_verified(&before).await;
+    restart_inspect_and_verify(&mut server, before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,20 +161,9 @@ async fn eio_on_fsync_fails_the_commit_cleanly() {
     );
     assert!(server.is_running());
     // Whether the commit's fsync or the probe's met the error first, it is counted.
-    let errors = metric(
-        &server.admin_get("/metrics").1,
-        "croupier_disk_errors_total",
-    );
-    assert!(
-        errors >= 1.0,
-        "the failed fsync is not in croupier_disk_errors_total"
-    );
+    assert_disk_error_counted(&server, "fsync");
     server.fiu("disable name=posix/io/sync/fdatasync");
-    server.restart_plain();
-    inspect_ok(&server.dirs[0]);
-    let mut before = before;
-    before.server = server.grpc.clone();
-    assert_verified(&before).await;
+    restart_inspect_and_verify(&mut server, before).await;
     // The refused commits were not replayed: shuffle 2 has no committed map.
     let client = server.client().await;
     let err = client
@@ -201,21 +207,10 @@ segment_bytes_max = \"256KiB\"\nchunk_bytes_target = \"64KiB\"",
     assert!(server.is_running());
     let status = server.status_json();
     assert_eq!(status["disks"][0]["state"], "failed", "{status}");
-    let errors = metric(
-        &server.admin_get("/metrics").1,
-        "croupier_disk_errors_total",
-    );
-    assert!(
-        errors >= 1.0,
-        "the failed sync is not in croupier_disk_errors_total"
-    );
+    assert_disk_error_counted(&server, "sync");
     server.fiu("disable name=posix/io/sync/fdatasync");
     // Shuffle 1's segments were synced before the fault: a restart serves it intact.
-    server.restart_plain();
-    inspect_ok(&server.dirs[0]);
-    let mut before = before;
-    before.server = server.grpc.clone();
-    assert_verified(&before).await;
+    restart_inspect_and_verify(&mut server, before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,9 +418,5 @@ async fn direct_io_eio_on_read_and_write_fails_cleanly_and_keeps_earlier_data() 
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
 
-    server.restart_plain();
-    inspect_ok(&server.dirs[0]);
-    let mut before = before;
-    before.server = server.grpc.clone();
-    assert_verified(&before).await;
+    restart_inspect_and_verify(&mut server, before).await;
 }

@@ -173,7 +173,7 @@ async fn inspect_and_restart_agree_on_an_index_record_that_outlived_its_chunk() 
     // A crash took map 1's chunk: only uncommitted blocks are gone.
     let original = std::fs::read(&segment).unwrap();
     let cut = &original[..committed_end as usize];
-    map1_lost_map0_served(&mut server, "outlived", &segment, cut, "past the end").await;
+    map1_lost_map0_served(&mut server, "outlived", &segment, cut, "past the end", 2).await;
 
     // Cut into map 0's committed chunk as well: now it is damage, naming the segment.
     std::fs::write(&segment, &original[..committed_end as usize / 2]).unwrap();
@@ -193,7 +193,7 @@ async fn a_chunk_that_never_replaced_stale_bytes_is_skipped_at_restart_and_inspe
     let original = std::fs::read(&segment).unwrap();
     let mut stale = original.clone();
     stale[committed_end..].fill(0x5A);
-    map1_lost_map0_served(&mut server, "stale", &segment, &stale, "not on disk").await;
+    map1_lost_map0_served(&mut server, "stale", &segment, &stale, "not on disk", 2).await;
 
     // Stale bytes under map 0's committed chunk too: damage, and the fetch refuses to serve it.
     stale[..committed_end].fill(0x5A);
@@ -233,31 +233,31 @@ async fn committed_map0_and_uncommitted_map1(
         .await
         .unwrap();
     map1.finish().await.unwrap();
-    let mut written = false;
-    for _ in 0..100 {
-        if std::fs::metadata(&segment).unwrap().len() as usize > committed_end {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(written, "map 1's buffer was not written behind");
+    wait_until_longer(
+        &segment,
+        committed_end as u64,
+        "map 1's buffer was not written behind",
+    )
+    .await;
     server.sigterm_and_wait();
     (server, dir, segment, committed_end)
 }
 
-/// Writes `contents` as the segment of a stopped [`committed_map0_and_uncommitted_map1`] server, as a
-/// crash that lost map 1's chunk would leave it; then `inspect` must call it TORN (`why` in the line)
-/// and not damage, and a restarted server must serve map 0 and refuse map 1's attempt. Stops the server.
+/// Writes `contents` as `segment` of a stopped server whose shuffle `app`/1 has map 0 committed (200 KiB)
+/// and attempt `lost_attempt` of map 1 indexed but uncommitted, as a crash that lost map 1's chunk would
+/// leave it; then `inspect` must call it TORN (`why` and the segment's name in the line) and not damage,
+/// and a restarted server must serve map 0 alone and refuse map 1's attempt. Stops the server.
 async fn map1_lost_map0_served(
     server: &mut TestServer,
     app: &str,
     segment: &std::path::Path,
     contents: &[u8],
     why: &str,
+    lost_attempt: u64,
 ) {
     std::fs::write(segment, contents).unwrap();
     let dir = segment.parent().unwrap();
+    let segment_name = segment.file_name().unwrap().to_str().unwrap();
     let (ok, out) = inspect_dir(dir);
     assert!(
         ok,
@@ -265,7 +265,7 @@ async fn map1_lost_map0_served(
     );
     assert!(
         out.lines().any(|l| l.starts_with("TORN")
-            && l.contains("seg-000000.data")
+            && l.contains(segment_name)
             && l.contains(why)
             && l.contains("only uncommitted blocks")),
         "{out}"
@@ -277,8 +277,9 @@ async fn map1_lost_map0_served(
         blocks.iter().map(|b| b.data.len()).sum::<usize>(),
         200 << 10
     );
+    assert!(blocks.iter().all(|b| b.map_index == 0));
     // Its seqs are in index.log: the attempt may not start over at seq 0.
-    assert_attempt_is_dead(&client, app, 1, 2).await;
+    assert_attempt_is_dead(&client, app, 1, lost_attempt).await;
     server.sigterm_and_wait();
 }
 
@@ -336,45 +337,31 @@ async fn a_stale_chunk_in_the_segment_before_the_last_is_skipped_at_restart() {
             .unwrap();
         pusher.finish().await.unwrap();
         let segment = dir.join(format!("seg-{map:06}.data"));
-        let mut written = false;
-        for _ in 0..100 {
-            if std::fs::metadata(&segment).is_ok_and(|m| m.len() >= 200 << 10) {
-                written = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(
-            written,
-            "map {map}'s buffer was not written behind into {segment:?}"
-        );
+        wait_until_longer(&segment, (200 << 10) - 1, "a buffer was not written behind").await;
     }
     server.sigterm_and_wait();
 
     // As if map 1's chunk never reached the disk of a recycled seg 1, which was still syncing.
     let seg1 = dir.join("seg-000001.data");
     let len = std::fs::metadata(&seg1).unwrap().len() as usize;
-    std::fs::write(&seg1, vec![0x5Au8; len]).unwrap();
-    let (ok, out) = inspect_dir(&dir);
-    assert!(
-        ok,
-        "an uncommitted chunk lost in a crash is not damage: {out}"
-    );
-    assert!(
-        out.lines().any(|l| l.starts_with("TORN")
-            && l.contains("seg-000001.data")
-            && l.contains("not on disk")
-            && l.contains("only uncommitted blocks")),
-        "{out}"
-    );
-    server.restart();
-    let client = server.client().await;
-    let (blocks, _) = client.fetch(fetch_req(app, 1, 0..1, 0..1)).await.unwrap();
-    assert_eq!(
-        blocks.iter().map(|b| b.data.len()).sum::<usize>(),
-        200 << 10
-    );
-    assert!(blocks.iter().all(|b| b.map_index == 0));
-    assert_attempt_is_dead(&client, app, 1, 11).await;
-    server.sigterm_and_wait();
+    map1_lost_map0_served(
+        &mut server,
+        app,
+        &seg1,
+        &vec![0x5Au8; len],
+        "not on disk",
+        11,
+    )
+    .await;
+}
+
+/// Waits (at most 2 s) until `file` exists and is longer than `len` bytes; fails with `what` otherwise.
+async fn wait_until_longer(file: &std::path::Path, len: u64, what: &str) {
+    for _ in 0..100 {
+        if std::fs::metadata(file).is_ok_and(|m| m.len() > len) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{what}: {} is not longer than {len} bytes", file.display());
 }
