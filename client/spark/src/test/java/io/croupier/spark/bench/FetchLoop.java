@@ -9,7 +9,9 @@ import io.croupier.spark.client.CroupierClients;
 import io.croupier.spark.client.Crc;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
+import com.google.common.util.concurrent.MoreExecutors;
 import java.lang.management.ManagementFactory;
+import java.util.Arrays;
 import java.util.concurrent.LinkedBlockingQueue;
 
 /**
@@ -21,8 +23,11 @@ import java.util.concurrent.LinkedBlockingQueue;
  * <pre>
  * mvn -q test-compile dependency:build-classpath -Dmdep.outputFile=cp.txt
  * java -cp target/test-classes:target/classes:$(cat cp.txt) io.croupier.spark.bench.FetchLoop \
- *     SERVER APP SHUFFLE PARTITIONS ROUNDS HTTP2_FRAME_BYTES MAPS
+ *     SERVER APP SHUFFLE PARTITIONS ROUNDS HTTP2_FRAME_BYTES MAPS [direct|pool]
  * </pre>
+ *
+ * <p>The last argument picks where responses are delivered: {@code direct} (the transport's thread, as the
+ * plugin's {@code FetchStream} does) or {@code pool} (grpc's default callback executor).
  */
 public final class FetchLoop {
   public static void main(String[] args) throws Exception {
@@ -35,7 +40,9 @@ public final class FetchLoop {
     cc.http2MaxFrameBytes = Integer.parseInt(args[5]);
     com.sun.management.OperatingSystemMXBean os =
         (com.sun.management.OperatingSystemMXBean) ManagementFactory.getOperatingSystemMXBean();
+    boolean direct = args.length < 8 || args[7].equals("direct");
     for (int r = 0; r < rounds; r++) {
+      long[] firstNanos = new long[partitions];
       long cpu0 = os.getProcessCpuTime();
       long t0 = System.nanoTime();
       long bytes = 0;
@@ -44,7 +51,12 @@ public final class FetchLoop {
         FetchRequest req = FetchRequest.newBuilder().setAppId(app).setShuffleId(shuffle).setPartitionStart(p)
             .setPartitionEnd(p + 1).setMapStart(0).setMapEnd(Integer.parseInt(args[6])).setChunkBytesMax(cc.fetchChunkBytes).build();
         final ClientCallStreamObserver<?>[] call = new ClientCallStreamObserver<?>[1];
-        CroupierClients.async(server, cc, null).fetch(req, new ClientResponseObserver<FetchRequest, FetchResponse>() {
+        var stub = CroupierClients.async(server, cc, null);
+        if (direct) {
+          stub = stub.withExecutor(MoreExecutors.directExecutor());
+        }
+        long asked = System.nanoTime();
+        stub.fetch(req, new ClientResponseObserver<FetchRequest, FetchResponse>() {
           @Override
           public void beforeStart(ClientCallStreamObserver<FetchRequest> s) {
             call[0] = s;
@@ -65,6 +77,9 @@ public final class FetchLoop {
           if (!(o instanceof FetchResponse)) {
             break;
           }
+          if (firstNanos[p] == 0) {
+            firstNanos[p] = System.nanoTime() - asked;
+          }
           call[0].request(1);
           FetchResponse resp = (FetchResponse) o;
           if (resp.hasChunk()) {
@@ -81,8 +96,9 @@ public final class FetchLoop {
       double s = (System.nanoTime() - t0) / 1e9;
       double cpu = (os.getProcessCpuTime() - cpu0) / 1e9;
       double gib = bytes / (double) (1L << 30);
-      System.out.printf("round %d: %.3f GiB in %.2f s = %.2f GiB/s, client CPU %.2f s/GiB%n", r, gib, s, gib / s,
-          cpu / gib);
+      Arrays.sort(firstNanos);
+      System.out.printf("round %d: %.3f GiB in %.2f s = %.2f GiB/s, client CPU %.2f s/GiB, first response %.1f ms"
+          + " (median of %d partitions)%n", r, gib, s, gib / s, cpu / gib, firstNanos[partitions / 2] / 1e6, partitions);
     }
     CroupierClients.shutdown();
   }
