@@ -40,7 +40,8 @@ public final class FetchStream implements AutoCloseable {
     int initial = Math.max(1, prefetch);
     // The observer only queues what it gets, so it runs on the transport's thread: no hop through grpc's
     // callback executor (a thread wake-up per message on the task's critical path).
-    stub.withExecutor(MoreExecutors.directExecutor()).fetch(request, new ClientResponseObserver<FetchRequest, FetchResponse>() {
+    ShuffleServiceGrpc.ShuffleServiceStub direct = stub.withExecutor(MoreExecutors.directExecutor());
+    direct.fetch(request, new ClientResponseObserver<FetchRequest, FetchResponse>() {
       @Override
       public void beforeStart(ClientCallStreamObserver<FetchRequest> requestStream) {
         call = requestStream;

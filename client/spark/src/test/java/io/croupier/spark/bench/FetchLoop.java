@@ -1,5 +1,6 @@
 package io.croupier.spark.bench;
 
+import com.google.common.util.concurrent.MoreExecutors;
 import com.google.protobuf.ByteString;
 import io.croupier.proto.v1.FetchRequest;
 import io.croupier.proto.v1.FetchResponse;
@@ -9,7 +10,6 @@ import io.croupier.spark.client.CroupierClients;
 import io.croupier.spark.client.Crc;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
-import com.google.common.util.concurrent.MoreExecutors;
 import java.lang.management.ManagementFactory;
 import java.util.Arrays;
 import java.util.concurrent.LinkedBlockingQueue;
