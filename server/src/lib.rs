@@ -6,7 +6,9 @@
 //! representation:
 //!
 //! - [`service`]: gRPC messages -> validated requests ([`ids`] checks every identifier);
-//!   [`service::raw_fetch`] writes Fetch responses without tonic's encode copy.
+//!   [`service::fast_path`] serves the data plane below tonic's codec: [`service::raw_push`] decodes
+//!   Push batches straight from the HTTP/2 frames, [`service::raw_fetch`] writes Fetch responses
+//!   without an encode copy.
 //! - [`store`]: operations on apps and shuffles: push, commit, fetch, unregister, leases, memory budget.
 //!   - [`store::shuffle`]: one shuffle's buffers, attempts, commits and block index.
 //!   - [`store::disk`]: one data dir and its writer thread (group commit).

@@ -5,7 +5,7 @@
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::quota::Quota;
-use crate::service::raw_fetch::FetchFastPath;
+use crate::service::fast_path::FastPath;
 use crate::service::{token_interceptor, Service};
 use crate::store::Store;
 use crate::tls::{TlsFiles, TlsListener};
@@ -115,8 +115,8 @@ pub async fn run(
         .max_decoding_message_size(config.message_bytes_max as usize)
         .max_encoding_message_size(config.encoding_bytes_max());
     let service = InterceptedService::new(service, token_interceptor(auth));
-    // Fetch skips tonic's codec (block data is not copied into an encode buffer); the rest is unchanged.
-    let service = FetchFastPath::new(service, shuffle_service, config.message_bytes_max as usize);
+    // Fetch and Push skip tonic's codec (block data is not copied); the rest is unchanged.
+    let service = FastPath::new(service, shuffle_service, config.message_bytes_max as usize);
     let mut builder = tonic::transport::Server::builder();
     if let Some(files) = &tls {
         builder = builder

@@ -1,6 +1,6 @@
 //! The gRPC layer: turns `croupier.v1` messages into validated store requests and store results back
-//! into messages. It owns no state beyond one push stream's go-back-N position, and touches no file.
-//! It also enforces per-app secrets ([`Auth`]) and per-app quotas ([`Quota`]); the token of every RPC
+//! into messages (Push and Fetch below tonic's codec: [`fast_path`]). It owns no state beyond one push
+//! stream's go-back-N position, and touches no file. It also enforces per-app secrets ([`Auth`]) and per-app quotas ([`Quota`]); the token of every RPC
 //! is checked before, by [`token_interceptor`].
 
 use crate::auth::Auth;
@@ -21,7 +21,9 @@ use tokio_stream::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+pub mod fast_path;
 pub mod raw_fetch;
+pub mod raw_push;
 
 pub struct Service {
     store: Arc<Store>,
@@ -62,6 +64,61 @@ impl Service {
                 chunk_bytes_max: u64::from(r.chunk_bytes_max),
             })
             .await?)
+    }
+
+    /// Serves one push stream in a task: reads its batches from `source`, checks each app's secret once,
+    /// stores the batches (go-back-N after a refusal) and sends one ack per batch, or the error that
+    /// ends the stream.
+    fn spawn_push_stream(
+        &self,
+        md: MetadataMap,
+        mut source: BatchSource,
+    ) -> mpsc::Receiver<Result<pb::PushAck, Status>> {
+        let store = self.store.clone();
+        let auth = self.auth.clone();
+        let quota = self.quota.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            // Go-back-N: after refusing a batch, refuse every later one until it is sent again.
+            let mut refused_from: Option<u64> = None;
+            // The app whose secret this stream presented (checked once per app).
+            let mut authorized: Option<String> = None;
+            loop {
+                let batch = match source.next().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                if authorized.as_deref() != Some(batch.app_id.as_str())
+                    && auth.app_secrets_enforced()
+                {
+                    let checked = match AppId::parse(&batch.app_id) {
+                        Err(e) => Err((e.reason(), Status::from(e))),
+                        Ok(app) => auth.check_app(&md, &app).map_err(|s| ("auth", s)),
+                    };
+                    if let Err((reason, status)) = checked {
+                        store.note_push_refused(reason);
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    authorized = Some(batch.app_id.clone());
+                }
+                let ack = push_batch(&store, &quota, batch, &mut refused_from)
+                    .await
+                    .map_err(|e| {
+                        store.note_push_refused(e.reason());
+                        Status::from(e)
+                    });
+                let failed = ack.is_err();
+                if tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        rx
     }
 
     /// The app secret of a registration: an app the server holds must present it; a new app gets it.
@@ -158,51 +215,8 @@ impl ShuffleService for Service {
         &self,
         request: Request<Streaming<pb::PushBatch>>,
     ) -> Result<Response<Self::PushStream>, Status> {
-        let (md, _, mut inbound) = request.into_parts();
-        let store = self.store.clone();
-        let auth = self.auth.clone();
-        let quota = self.quota.clone();
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            // Go-back-N: after refusing a batch, refuse every later one until it is sent again.
-            let mut refused_from: Option<u64> = None;
-            // The app whose secret this stream presented (checked once per app).
-            let mut authorized: Option<String> = None;
-            loop {
-                let batch = match inbound.message().await {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                };
-                if authorized.as_deref() != Some(batch.app_id.as_str())
-                    && auth.app_secrets_enforced()
-                {
-                    let checked = match AppId::parse(&batch.app_id) {
-                        Err(e) => Err((e.reason(), Status::from(e))),
-                        Ok(app) => auth.check_app(&md, &app).map_err(|s| ("auth", s)),
-                    };
-                    if let Err((reason, status)) = checked {
-                        store.note_push_refused(reason);
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                    authorized = Some(batch.app_id.clone());
-                }
-                let ack = push_batch(&store, &quota, batch, &mut refused_from)
-                    .await
-                    .map_err(|e| {
-                        store.note_push_refused(e.reason());
-                        Status::from(e)
-                    });
-                let failed = ack.is_err();
-                if tx.send(ack).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
+        let (md, _, inbound) = request.into_parts();
+        let rx = self.spawn_push_stream(md, BatchSource::Tonic(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -226,7 +240,8 @@ impl ShuffleService for Service {
                 &key,
                 r.map_index,
                 r.attempt_id,
-                r.blocks,
+                r.blocks.into_iter().map(push_block).collect(),
+                0,
             )
             .await
             .map_err(|e| {
@@ -375,10 +390,64 @@ impl ShuffleService for Service {
     }
 }
 
+/// A push batch as the push stream handles it: decoded by tonic, or straight from the HTTP/2 frames
+/// ([`raw_push`]).
+pub struct IncomingBatch {
+    pub app_id: String,
+    pub shuffle_id: u32,
+    pub map_index: u32,
+    pub attempt_id: u64,
+    pub batch_id: u64,
+    pub blocks: Vec<PushBlock>,
+    /// Memory the blocks keep allocated beyond their payload (see [`Store::push`]); 0 for blocks in
+    /// their own buffers.
+    pub held_bytes: u64,
+}
+
+impl From<pb::PushBatch> for IncomingBatch {
+    fn from(b: pb::PushBatch) -> Self {
+        IncomingBatch {
+            app_id: b.app_id,
+            shuffle_id: b.shuffle_id,
+            map_index: b.map_index,
+            attempt_id: b.attempt_id,
+            batch_id: b.batch_id,
+            blocks: b.blocks.into_iter().map(push_block).collect(),
+            held_bytes: 0,
+        }
+    }
+}
+
+fn push_block(b: pb::Block) -> PushBlock {
+    PushBlock {
+        partition_id: b.partition_id,
+        seq: b.seq,
+        crc32: b.crc32,
+        data: b.data.into(),
+    }
+}
+
+/// Where a push stream's batches come from.
+pub enum BatchSource {
+    /// Decoded by tonic (a `Service` used without [`fast_path::FastPath`]).
+    Tonic(Streaming<pb::PushBatch>),
+    /// Decoded from the request body's frames.
+    Raw(raw_push::BatchReader<tonic::body::Body>),
+}
+
+impl BatchSource {
+    async fn next(&mut self) -> Result<Option<IncomingBatch>, Status> {
+        match self {
+            BatchSource::Tonic(s) => Ok(s.message().await?.map(IncomingBatch::from)),
+            BatchSource::Raw(r) => r.next_batch().await,
+        }
+    }
+}
+
 async fn push_batch(
     store: &Store,
     quota: &Arc<Quota>,
-    batch: pb::PushBatch,
+    batch: IncomingBatch,
     refused_from: &mut Option<u64>,
 ) -> Result<pb::PushAck, StoreError> {
     let mut ack = pb::PushAck {
@@ -405,6 +474,7 @@ async fn push_batch(
         batch.map_index,
         batch.attempt_id,
         batch.blocks,
+        batch.held_bytes,
     )
     .await?
     {
@@ -433,7 +503,8 @@ async fn store_blocks(
     key: &ShuffleKey,
     map_index: u32,
     attempt_id: u64,
-    blocks: Vec<pb::Block>,
+    blocks: Vec<PushBlock>,
+    held_bytes: u64,
 ) -> Result<PushResult, StoreError> {
     if blocks.len() > store.config.batch_blocks_max as usize {
         return Err(StoreError::invalid(
@@ -447,16 +518,9 @@ async fn store_blocks(
     }
     let bytes: u64 = blocks.iter().map(|b| b.data.len() as u64).sum();
     let reservation = quota.reserve(store, &key.app, bytes)?;
-    let blocks = blocks
-        .into_iter()
-        .map(|b| PushBlock {
-            partition_id: b.partition_id,
-            seq: b.seq,
-            crc32: b.crc32,
-            data: b.data,
-        })
-        .collect();
-    let result = store.push(key, map_index, attempt_id, blocks).await?;
+    let result = store
+        .push(key, map_index, attempt_id, blocks, held_bytes)
+        .await?;
     if let (PushResult::Accepted { .. }, Some(r)) = (&result, reservation) {
         r.accepted();
     }

@@ -3,9 +3,9 @@
 //!
 //! Fetch responses are almost all block bytes. Tonic encodes every response message into its own buffer,
 //! a full copy of everything a reducer reads (a fifth of the server's CPU while serving fetches, see
-//! docs/PERFORMANCE.md, round 5). [`FetchFastPath`] wraps the generated service: it passes every other
-//! call through unchanged, and serves `/croupier.v1.ShuffleService/Fetch` itself, with the same checks
-//! (token, app secret, request validation in [`Service::open_fetch`]) and the same messages on the wire.
+//! docs/PERFORMANCE.md, round 5). [`super::fast_path::FastPath`] routes `/croupier.v1.ShuffleService/Fetch`
+//! here, and it is served with the same checks as through tonic (token, app secret, request validation
+//! in [`Service::open_fetch`]) and the same messages on the wire.
 //! Each `FetchResponse` is written as gRPC length-prefixed frames whose protobuf field headers are built
 //! here, while large `data` fields are handed to hyper as the `Bytes` read from the segment (h2 slices them
 //! into DATA frames and writes them with `writev`). Small blocks are copied into the header buffer, so a
@@ -15,24 +15,23 @@
 //! fetch planner puts at most `chunk_bytes_max` of blocks, or a single block (at most
 //! `message_bytes_max`), into one message, which stays within `Config::encoding_bytes_max`.
 
+use super::fast_path::{grpc_response, put_message_prefix, trailers};
 use super::{fetched_block, summary_message, Service};
 use crate::store::shuffle::BlockLoc;
 use crate::store::{FetchItem, Store};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use croupier_proto::v1 as pb;
 use http_body::Frame;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use tonic::codegen::{http, BoxFuture};
+use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::Status;
 
 /// The gRPC path of the Fetch method.
@@ -47,68 +46,8 @@ const FETCH_RESPONSE_CHUNK: u32 = 1;
 const FETCH_CHUNK_BLOCKS: u32 = 1;
 const FETCHED_BLOCK_DATA: u32 = 6;
 
-/// The generated service `S` (with its interceptors), except that Fetch is served by [`Service`] directly.
-#[derive(Clone)]
-pub struct FetchFastPath<S> {
-    inner: S,
-    service: Arc<Service>,
-    request_bytes_max: usize,
-}
-
-impl<S> FetchFastPath<S> {
-    /// `request_bytes_max`: the largest FetchRequest accepted (the server's decoding limit).
-    pub fn new(inner: S, service: Arc<Service>, request_bytes_max: usize) -> Self {
-        FetchFastPath {
-            inner,
-            service,
-            request_bytes_max,
-        }
-    }
-}
-
-impl<S: NamedService> NamedService for FetchFastPath<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> tonic::codegen::Service<http::Request<Body>> for FetchFastPath<S>
-where
-    S: tonic::codegen::Service<
-            http::Request<Body>,
-            Response = http::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError>,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() != FETCH_PATH {
-            let call = self.inner.call(req);
-            return Box::pin(async move { call.await.map(|r| r.map(Body::new)) });
-        }
-        let service = self.service.clone();
-        let limit = self.request_bytes_max;
-        Box::pin(async move {
-            Ok(match service.raw_fetch(req, limit).await {
-                Ok(response) => response,
-                Err(status) => status.into_http(),
-            })
-        })
-    }
-}
-
 impl Service {
-    async fn raw_fetch(
+    pub(super) async fn raw_fetch(
         &self,
         req: http::Request<Body>,
         request_bytes_max: usize,
@@ -125,10 +64,7 @@ impl Service {
             pieces: VecDeque::new(),
             ended: false,
         };
-        http::Response::builder()
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .body(Body::new(body))
-            .map_err(|e| Status::internal(format!("building the Fetch response: {e}")))
+        grpc_response(Body::new(body), "Fetch")
     }
 }
 
@@ -143,8 +79,8 @@ async fn read_request(body: Body, bytes_max: usize) -> Result<pb::FetchRequest, 
             frame.map_err(|e| Status::internal(format!("reading the FetchRequest: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > bytes_max.saturating_add(5) {
-                return Err(Status::resource_exhausted(format!(
-                    "FetchRequest: larger than the server's limit of {bytes_max} bytes"
+                return Err(Status::out_of_range(format!(
+                    "FetchRequest: message length too large: above the server's message_bytes_max of {bytes_max} bytes"
                 )));
             }
             buf.extend_from_slice(&data);
@@ -220,11 +156,7 @@ impl http_body::Body for FetchBody {
         if let Some(status) = status {
             // Only reached with no piece pending: the trailers follow the last message.
             this.ended = true;
-            let mut trailers = http::HeaderMap::new();
-            if let Err(e) = status.add_header(&mut trailers) {
-                tracing::warn!(error = %e, "could not encode a Fetch status as trailers");
-            }
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            return Poll::Ready(Some(Ok(trailers(&status, "Fetch"))));
         }
         match this.pieces.pop_front() {
             Some(piece) => Poll::Ready(Some(Ok(Frame::data(piece)))),
@@ -235,11 +167,6 @@ impl http_body::Body for FetchBody {
     fn is_end_stream(&self) -> bool {
         self.ended && self.pieces.is_empty()
     }
-}
-
-fn put_message_prefix(buf: &mut BytesMut, message_len: usize) {
-    buf.put_u8(0); // not compressed
-    buf.put_u32(u32::try_from(message_len).unwrap_or(u32::MAX));
 }
 
 /// The fields of a FetchedBlock before its data (prost omits the empty `data`).

@@ -126,7 +126,7 @@ pub struct BufferedBlock {
     pub attempt_id: u64,
     pub seq: u32,
     pub crc32: u32,
-    pub data: Bytes,
+    pub data: super::shuffle::BlockData,
     /// The memory budget of the block's push batch; released when the batch's last block drops.
     pub charge: std::sync::Arc<super::memory::Charge>,
 }
@@ -580,7 +580,7 @@ impl ShuffleFiles {
                     let c = &chunks[i];
                     slices.push(IoSlice::new(&headers[i]));
                     for b in &c.blocks {
-                        slices.push(IoSlice::new(&b.data));
+                        slices.extend(b.data.pieces().map(|p| IoSlice::new(p)));
                     }
                     written.push(WrittenChunk {
                         record: index_record(c, segment_id, offset),

@@ -441,12 +441,16 @@ impl Store {
         }
     }
 
+    /// Stores one push batch. `held_bytes`: the memory its blocks keep allocated when that is more than
+    /// their payload (blocks that are slices of received HTTP/2 frames keep whole frames alive); 0 when
+    /// each block is its own buffer. The batch is charged the larger of the two.
     pub async fn push(
         &self,
         key: &ShuffleKey,
         map_index: u32,
         attempt_id: u64,
         blocks: Vec<PushBlock>,
+        held_bytes: u64,
     ) -> Result<PushResult> {
         let shuffle = self.shuffle(key)?;
         if self.is_draining() {
@@ -467,8 +471,8 @@ impl Store {
         let block_count = blocks.len() as u64;
         // Tiny blocks cost far more than their payload: charge each one's overhead too (capped, so that
         // a batch always fits the budget).
-        let charged =
-            (bytes + block_count * memory::BLOCK_OVERHEAD_BYTES).min(self.memory.limit_bytes);
+        let charged = (bytes.max(held_bytes) + block_count * memory::BLOCK_OVERHEAD_BYTES)
+            .min(self.memory.limit_bytes);
         let wait = Duration::from_millis(self.config.push_wait_ms_max);
         if let Acquire::Refused = self.memory.acquire(charged, wait).await {
             self.push_rejected_total.fetch_add(1, Ordering::Relaxed);

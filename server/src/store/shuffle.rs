@@ -42,8 +42,73 @@ pub const WRITE_BEHIND_QUEUE_CHUNKS: u64 = 4;
 pub struct PushBlock {
     pub partition_id: u32,
     pub seq: u32,
+    /// The CRC-32 the client sent; [`Shuffle::validate_push`] compares it with `data`'s.
     pub crc32: u32,
-    pub data: Bytes,
+    pub data: BlockData,
+}
+
+/// A block's bytes as they arrived, and their CRC-32 (computed once, when the bytes are taken).
+///
+/// A block decoded by tonic is one `Bytes`; a block taken from a push stream's HTTP/2 DATA frames
+/// (`service::raw_push`) may be split over several frames and is kept as their slices, so it is never
+/// copied before the segment write.
+#[derive(Clone, Debug)]
+pub struct BlockData {
+    first: Bytes,
+    /// The pieces after `first`, in order (empty for a block in one piece: no allocation).
+    rest: Vec<Bytes>,
+    len: usize,
+    crc32: u32,
+}
+
+impl BlockData {
+    /// Pieces in order; their CRC was computed as they were taken (`crc32`).
+    pub fn from_pieces(first: Bytes, rest: Vec<Bytes>, crc32: u32) -> Self {
+        let len = first.len() + rest.iter().map(Bytes::len).sum::<usize>();
+        BlockData {
+            first,
+            rest,
+            len,
+            crc32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The CRC-32 of the bytes.
+    pub fn crc32(&self) -> u32 {
+        self.crc32
+    }
+
+    /// The pieces, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
+
+    /// The bytes in one buffer (a copy unless the block is one piece).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.first.clone();
+        }
+        let mut out = bytes::BytesMut::with_capacity(self.len);
+        for piece in self.pieces() {
+            out.extend_from_slice(piece);
+        }
+        out.freeze()
+    }
+}
+
+impl From<Bytes> for BlockData {
+    fn from(data: Bytes) -> Self {
+        let crc32 = crc32fast::hash(&data);
+        BlockData::from_pieces(data, Vec::new(), crc32)
+    }
 }
 
 /// A block on disk.
@@ -316,7 +381,7 @@ impl Shuffle {
                     ),
                 ));
             }
-            let actual = crc32fast::hash(&b.data);
+            let actual = b.data.crc32();
             if actual != b.crc32 {
                 return Err(StoreError::invalid(
                     "blocks.crc32",

@@ -166,8 +166,12 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_touches_no_other_app
         Err(s) => s,
     };
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // Served by the raw push path (service/raw_push.rs), which names the setting.
     assert!(
-        status.message().contains("message length too large"),
+        status.message().contains("message length too large")
+            && status
+                .message()
+                .contains("message_bytes_max of 1048576 bytes"),
         "{status:?}"
     );
 
