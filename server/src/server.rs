@@ -231,10 +231,11 @@ fn spawn_background(store: Arc<Store>) {
 /// Keeps push buffers' memory with the process instead of handing it back to the kernel after every
 /// batch. Call once, before any thread starts.
 ///
-/// A push batch arrives in a freshly allocated buffer of up to `message_bytes_max` (8 MiB) that lives
-/// until its blocks are written. With glibc's defaults such buffers are `mmap`ed or trimmed off the
-/// heap as soon as they are freed, so every batch pays page faults on new pages again (on the
-/// benchmark VM: page faults were 11 % of the server's push CPU). Raising the mmap threshold to its
+/// Pushed data arrives in freshly allocated buffers (the HTTP/2 frames it came in, about 1 MiB each, or
+/// one buffer per copied block, see `service::raw_push`) that live until its blocks are written. With
+/// glibc's defaults such buffers are `mmap`ed or trimmed off the heap as soon as they are freed, so
+/// every batch pays page faults on new pages again (on the benchmark VM: page faults were 11 % of the
+/// server's push CPU). Raising the mmap threshold to its
 /// maximum (32 MiB) and the trim threshold to 256 MiB lets freed batches be reused hot: `large_blocks`
 /// push CPU fell from 0.79-1.18 to 0.52-0.61 s/GiB (docs/PERFORMANCE.md). What the process keeps is
 /// bounded by the memory budget's peak: freed memory is reused before the heap grows.

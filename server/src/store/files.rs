@@ -28,6 +28,9 @@ const IOV_MAX: usize = 1024;
 
 const ALIGN: u64 = crate::config::DIRECT_IO_ALIGN_BYTES;
 
+/// The zero padding that ends every segment append on an [`ALIGN`] boundary.
+static PAGE_ZEROS: [u8; ALIGN as usize] = [0; ALIGN as usize];
+
 /// Size of a writer thread's staging buffer for `O_DIRECT` appends (allocated on first use, reused).
 pub const DIRECT_STAGING_BYTES: usize = 4 << 20;
 
@@ -505,14 +508,6 @@ impl ShuffleFiles {
             }
         };
         if roll {
-            // The finished segment gets its final sync, on the disk's sync thread; the one before it
-            // must be done first (later group syncs only see the new segment and this one).
-            if let Some(previous) = self.syncing.take() {
-                previous.wait()?;
-            }
-            if let Some((_, old)) = self.segment.take() {
-                self.syncing = old.final_sync(self.syncer.as_deref())?;
-            }
             let id = self.next_segment_id;
             let path = self.dir.join(segment_file_name(id));
             // A pooled file becomes the new segment when there is one; it is renamed before it is
@@ -526,6 +521,8 @@ impl ShuffleFiles {
             if recycled {
                 file.start_over();
             }
+            // Before the finished segment's sync is queued: behind that gigabyte of write-back, this
+            // small sync kept the writer waiting for up to 1.8 s (docs/PERFORMANCE.md, round 9).
             sync_dir(&self.dir)?;
             let reader = if self.direct {
                 open_direct(&path, false)?
@@ -534,6 +531,14 @@ impl ShuffleFiles {
                     .try_clone()
                     .map_err(|e| StoreError::io(&path, e))?
             };
+            // The finished segment gets its final sync, on the disk's sync thread; the one before it
+            // must be done first (later group syncs only see the new segment and this one).
+            if let Some(previous) = self.syncing.take() {
+                previous.wait()?;
+            }
+            if let Some((_, old)) = self.segment.take() {
+                self.syncing = old.final_sync(self.syncer.as_deref())?;
+            }
             new_segments.push((id, Arc::new(reader)));
             self.next_segment_id = id + 1;
             self.segment = Some((id, file));
@@ -591,6 +596,14 @@ impl ShuffleFiles {
                 if direct {
                     seg.append_direct(&slices)?;
                 } else {
+                    // End on a page boundary, as direct appends do: a write that ends inside a page
+                    // whose old bytes are not cached (a recycled segment) makes the kernel read that
+                    // page from the disk first, and the writer waits for the read behind the
+                    // write-back of everything it wrote before.
+                    let pad = (ALIGN - offset % ALIGN) % ALIGN;
+                    if pad > 0 {
+                        slices.push(IoSlice::new(&PAGE_ZEROS[..pad as usize]));
+                    }
                     seg.append(&mut slices)?;
                 }
             }
