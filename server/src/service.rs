@@ -1,7 +1,7 @@
 //! The gRPC layer: turns `croupier.v1` messages into validated store requests and store results back
 //! into messages (Push and Fetch below tonic's codec: [`fast_path`]). It owns no state beyond one push
-//! stream's go-back-N position, and touches no file. It also enforces per-app secrets ([`Auth`]) and per-app quotas ([`Quota`]); the token of every RPC
-//! is checked before, by [`token_interceptor`].
+//! stream's go-back-N position, and touches no file. It also enforces per-app secrets ([`Auth`]) and
+//! per-app quotas ([`Quota`]); the token of every RPC is checked before, by [`token_interceptor`].
 
 use crate::auth::Auth;
 use crate::error::StoreError;
