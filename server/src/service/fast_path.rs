@@ -66,40 +66,35 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let path = req.uri().path();
+        if path != FETCH_PATH && path != PUSH_PATH {
+            let call = self.inner.call(req);
+            return Box::pin(async move { call.await.map(|r| r.map(Body::new)) });
+        }
+        let push = path == PUSH_PATH;
         let service = self.service.clone();
         let limit = self.message_bytes_max;
-        match req.uri().path() {
-            FETCH_PATH => Box::pin(async move {
-                Ok(match service.raw_fetch(req, limit).await {
-                    Ok(response) => response,
-                    Err(status) => status.into_http(),
-                })
-            }),
-            PUSH_PATH => Box::pin(async move {
-                Ok(match raw_push(&service, req, limit) {
-                    Ok(response) => response,
-                    Err(status) => status.into_http(),
-                })
-            }),
-            _ => {
-                let call = self.inner.call(req);
-                Box::pin(async move { call.await.map(|r| r.map(Body::new)) })
-            }
-        }
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let md = MetadataMap::from_headers(parts.headers);
+            // What the token interceptor does for the calls tonic serves.
+            let served = match service.auth.check_token(&md) {
+                Err(status) => Err(status),
+                Ok(()) if push => raw_push(&service, md, body, limit),
+                Ok(()) => service.raw_fetch(md, body, limit).await,
+            };
+            Ok(served.unwrap_or_else(|status| status.into_http()))
+        })
     }
 }
 
-/// Starts serving one push stream: checks the token, then answers with the stream of acks while a task
-/// reads the batches.
+/// Starts serving one push stream: answers with the stream of acks while a task reads the batches.
 fn raw_push(
     service: &Service,
-    req: http::Request<Body>,
+    md: MetadataMap,
+    body: Body,
     message_bytes_max: usize,
 ) -> Result<http::Response<Body>, Status> {
-    let (parts, body) = req.into_parts();
-    let md = MetadataMap::from_headers(parts.headers);
-    // What the token interceptor does for the calls tonic serves.
-    service.auth.check_token(&md)?;
     let source = BatchSource::Raw(BatchReader::new(body, message_bytes_max));
     let acks = service.spawn_push_stream(md, source);
     grpc_response(Body::new(AckBody::new(acks)), "Push")

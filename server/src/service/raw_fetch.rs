@@ -47,15 +47,13 @@ const FETCH_CHUNK_BLOCKS: u32 = 1;
 const FETCHED_BLOCK_DATA: u32 = 6;
 
 impl Service {
+    /// Serves a Fetch call whose token was checked.
     pub(super) async fn raw_fetch(
         &self,
-        req: http::Request<Body>,
+        md: MetadataMap,
+        body: Body,
         request_bytes_max: usize,
     ) -> Result<http::Response<Body>, Status> {
-        let (parts, body) = req.into_parts();
-        let md = MetadataMap::from_headers(parts.headers);
-        // What the token interceptor does for the calls tonic serves.
-        self.auth.check_token(&md)?;
         let request = read_request(body, request_bytes_max).await?;
         let rx = self.open_fetch(&md, request).await?;
         let body = FetchBody {

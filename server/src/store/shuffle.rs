@@ -92,6 +92,7 @@ impl BlockData {
     }
 
     /// The bytes in one buffer (a copy unless the block is one piece).
+    #[cfg(test)]
     pub fn to_bytes(&self) -> Bytes {
         if self.rest.is_empty() {
             return self.first.clone();
