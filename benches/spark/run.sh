@@ -130,7 +130,18 @@ for i in $(seq 1 "$RUNS"); do
   if [ $((i % 2)) -eq 1 ]; then measure builtin; measure croupier; else measure croupier; measure builtin; fi
 done
 
-"$VENV/bin/python" - "$RESULTS" "$BYTES" <<'PY'
+# Share of the pushed block data the server kept as received HTTP/2 frame slices rather than copying it
+# (all jobs of the run; docs/PERFORMANCE.md round 10): whether the plugin's frames are large enough.
+SLICED_SHARE="$("$VENV/bin/python" -c "import urllib.request
+kept = {'frame_slice': 0.0, 'copy': 0.0}
+for l in urllib.request.urlopen('http://127.0.0.1:$ADMIN/metrics').read().decode().splitlines():
+    for k in kept:
+        if l.startswith('croupier_push_received_data_bytes_total{kept=\"%s\"}' % k):
+            kept[k] = float(l.rsplit(' ', 1)[1])
+total = sum(kept.values())
+print(round(kept['frame_slice'] / total, 3) if total else 'null')")"
+
+"$VENV/bin/python" - "$RESULTS" "$BYTES" "$SLICED_SHARE" <<'PY'
 import json, statistics, sys
 rs = [json.loads(l) for l in open(sys.argv[1])]
 b = [r for r in rs if r["mode"] == "builtin"]
@@ -163,5 +174,6 @@ print("BENCH " + json.dumps({
     "croupier_pushed_bytes": c[-1]["pushed"],
     "croupier_server_cpu_seconds": med([r["server_cpu"] for r in c]),
     "rows": c[-1]["rows"],
+    "croupier_push_frame_slice_share": json.loads(sys.argv[3]),
 }))
 PY

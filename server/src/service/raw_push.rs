@@ -103,6 +103,9 @@ pub struct BatchReader<F> {
     message_bytes: usize,
     /// What the current batch keeps allocated (see [`IncomingBatch::held_bytes`]).
     held_bytes: u64,
+    /// Block data bytes of the current batch kept as frame slices, and copied.
+    sliced_bytes: u64,
+    copied_bytes: u64,
 }
 
 fn invalid(what: impl std::fmt::Display) -> Status {
@@ -126,6 +129,8 @@ impl<F: FrameSource> BatchReader<F> {
             pos: 0,
             message_bytes: 0,
             held_bytes: 0,
+            sliced_bytes: 0,
+            copied_bytes: 0,
         }
     }
 
@@ -153,6 +158,8 @@ impl<F: FrameSource> BatchReader<F> {
         self.pos = 0;
         self.message_bytes = len;
         self.held_bytes = 0;
+        self.sliced_bytes = 0;
+        self.copied_bytes = 0;
         self.frame_charged = false;
         self.decide_slicing();
         self.batch(len).await.map(Some)
@@ -277,6 +284,7 @@ impl<F: FrameSource> BatchReader<F> {
                     self.frame_charged = true;
                     self.held_bytes += self.frame_bytes as u64;
                 }
+                self.sliced_bytes += k as u64;
                 pieces.push(piece);
             } else {
                 if copied.capacity() == 0 {
@@ -284,6 +292,7 @@ impl<F: FrameSource> BatchReader<F> {
                 }
                 copied.put_slice(&piece);
                 self.held_bytes += k as u64;
+                self.copied_bytes += k as u64;
             }
             self.pos += k;
             n -= k;
@@ -375,6 +384,16 @@ impl<F: FrameSource> BatchReader<F> {
             }
         }
         batch.held_bytes = self.held_bytes;
+        // Whether clients' frames are large enough to be kept (a small-frame or TLS client falls back to
+        // copying): docs/PERFORMANCE.md, round 10.
+        if self.sliced_bytes > 0 {
+            metrics::counter!("croupier_push_received_data_bytes_total", "kept" => "frame_slice")
+                .increment(self.sliced_bytes);
+        }
+        if self.copied_bytes > 0 {
+            metrics::counter!("croupier_push_received_data_bytes_total", "kept" => "copy")
+                .increment(self.copied_bytes);
+        }
         Ok(batch)
     }
 

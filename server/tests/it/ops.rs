@@ -113,6 +113,17 @@ async fn admin_endpoints_and_grpc_health_answer_per_contract() {
         );
     }
     assert_eq!(metric(&m, "croupier_push_bytes_total"), (2 << 20) as f64);
+    // Every received byte is counted once, by how it was kept; the Rust client sends 1 MiB frames, so
+    // the server keeps most of its blocks as frame slices.
+    assert_eq!(
+        metric(&m, "croupier_push_received_data_bytes_total"),
+        (2 << 20) as f64
+    );
+    let sliced = metric(
+        &m,
+        "croupier_push_received_data_bytes_total{kept=\"frame_slice\"}",
+    );
+    assert!(sliced >= (1 << 20) as f64, "sliced {sliced} bytes of 2 MiB");
     assert_eq!(metric(&m, "croupier_draining"), 0.0);
 
     assert_eq!(

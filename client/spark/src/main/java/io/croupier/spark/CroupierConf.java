@@ -23,6 +23,7 @@ public final class CroupierConf {
   public static final String FETCH_CHUNK_SIZE = "spark.croupier.fetch.chunkSize";
   public static final String FETCH_TIMEOUT = "spark.croupier.fetch.timeout";
   public static final String FETCH_PREFETCH = "spark.croupier.fetch.prefetchChunks";
+  public static final String FETCH_ZERO_COPY = "spark.croupier.fetch.zeroCopy";
   public static final String PUSH_BYPASS_THRESHOLD = "spark.croupier.push.bypassThreshold";
   public static final String HEARTBEAT_INTERVAL = "spark.croupier.heartbeat.interval";
   /** File holding the servers' auth token (read by the driver and every executor); preferred over the value. */
@@ -74,6 +75,7 @@ public final class CroupierConf {
     c.fetchChunkBytes = (int) Math.min(conf.getSizeAsBytes(FETCH_CHUNK_SIZE, "4032k"), 64L << 20);
     c.fetchTimeoutMs = conf.getTimeAsMs(FETCH_TIMEOUT, "120s");
     c.fetchPrefetchChunks = Math.max(1, conf.getInt(FETCH_PREFETCH, 2));
+    c.fetchZeroCopy = conf.getBoolean(FETCH_ZERO_COPY, true);
     c.bypassThreshold = conf.getInt(PUSH_BYPASS_THRESHOLD, 200);
     c.heartbeatIntervalMs = conf.getTimeAsMs(HEARTBEAT_INTERVAL, "10s");
     return c;

@@ -249,7 +249,7 @@ public class CroupierShuffleReader<K, C> implements ShuffleReader<K, C> {
       // All servers stream at once; each reads ahead a few chunks while we consume the others.
       for (ServerRead r : reads) {
         r.stream = new FetchStream(CroupierClients.async(r.server, cc, r.appSecret), r.request, r.verifier,
-            cc.fetchPrefetchChunks, cc.fetchTimeoutMs, r.what);
+            cc.fetchPrefetchChunks, cc.fetchTimeoutMs, r.what, cc.fetchZeroCopy);
       }
     }
 

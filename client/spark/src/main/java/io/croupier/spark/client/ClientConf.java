@@ -59,4 +59,10 @@ public final class ClientConf implements Serializable {
   public long fetchTimeoutMs = 120_000;
   /** FetchResponse messages read ahead per fetch stream (all servers of a reduce task stream at once). */
   public int fetchPrefetchChunks = 2;
+  /**
+   * Parse fetched blocks over the transport's receive buffers instead of copying them twice (grpc's
+   * protobuf marshaller copies each message into an array, then each block into one of its own); see
+   * {@link ReceivedFetch}. Off only to compare, or to rule it out.
+   */
+  public boolean fetchZeroCopy = true;
 }

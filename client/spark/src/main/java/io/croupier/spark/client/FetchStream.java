@@ -6,8 +6,10 @@ import io.croupier.proto.v1.FetchRequest;
 import io.croupier.proto.v1.FetchResponse;
 import io.croupier.proto.v1.FetchedBlock;
 import io.croupier.proto.v1.ShuffleServiceGrpc;
+import io.grpc.ClientCall;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientCalls;
 import io.grpc.stub.ClientResponseObserver;
 import java.util.ArrayDeque;
 import java.util.List;
@@ -17,6 +19,13 @@ import java.util.concurrent.TimeUnit;
 /**
  * One Fetch call, read ahead by up to {@code prefetch} messages, verified by a {@link FetchVerifier}
  * and handed out as logical streams (fragment lists).
+ *
+ * <p>With {@code zeroCopy}, responses are parsed over the transport's receive buffers ({@link ReceivedFetch}):
+ * the fragments of a logical stream point into them. The caller must be done reading the fragments of one
+ * logical stream when it asks for the next one, or closes the stream: that is when the messages they came
+ * from are released. At most {@code prefetch} queued messages plus those the current logical stream spans
+ * (one, unless its records were cut into several blocks) are held at a time, and {@link #close()} releases
+ * everything, including messages that arrive after it.
  */
 public final class FetchStream implements AutoCloseable {
   private static final Object END = new Object();
@@ -26,6 +35,10 @@ public final class FetchStream implements AutoCloseable {
   private final long idleTimeoutMs;
   private final LinkedBlockingQueue<Object> queue = new LinkedBlockingQueue<>();
   private final ArrayDeque<FetchedBlock> current = new ArrayDeque<>();
+  /** Messages taken from the queue and not yet released, oldest first; the last one feeds {@code current}. */
+  private final ArrayDeque<ReceivedFetch> held = new ArrayDeque<>();
+  /** Set by {@link #close()} under the queue's lock: later messages are released as they arrive. */
+  private boolean closed;
   private volatile ClientCallStreamObserver<FetchRequest> call;
   private boolean ended;
   private long waitNanos;
@@ -33,15 +46,17 @@ public final class FetchStream implements AutoCloseable {
   private long blocksReceived;
 
   public FetchStream(ShuffleServiceGrpc.ShuffleServiceStub stub, FetchRequest request, FetchVerifier verifier,
-      int prefetch, long idleTimeoutMs, String what) {
+      int prefetch, long idleTimeoutMs, String what, boolean zeroCopy) {
     this.what = what;
     this.verifier = verifier;
     this.idleTimeoutMs = idleTimeoutMs;
     int initial = Math.max(1, prefetch);
     // The observer only queues what it gets, so it runs on the transport's thread: no hop through grpc's
     // callback executor (a thread wake-up per message on the task's critical path).
-    ShuffleServiceGrpc.ShuffleServiceStub direct = stub.withExecutor(MoreExecutors.directExecutor());
-    direct.fetch(request, new ClientResponseObserver<FetchRequest, FetchResponse>() {
+    ClientCall<FetchRequest, ReceivedFetch> c = stub.getChannel().newCall(
+        zeroCopy ? ReceivedFetch.FETCH_ZERO_COPY : ReceivedFetch.FETCH_COPYING,
+        stub.getCallOptions().withExecutor(MoreExecutors.directExecutor()));
+    ClientCalls.asyncServerStreamingCall(c, request, new ClientResponseObserver<FetchRequest, ReceivedFetch>() {
       @Override
       public void beforeStart(ClientCallStreamObserver<FetchRequest> requestStream) {
         call = requestStream;
@@ -49,8 +64,14 @@ public final class FetchStream implements AutoCloseable {
       }
 
       @Override
-      public void onNext(FetchResponse value) {
-        queue.add(value);
+      public void onNext(ReceivedFetch value) {
+        synchronized (queue) {
+          if (!closed) {
+            queue.add(value);
+            return;
+          }
+        }
+        value.release();
       }
 
       @Override
@@ -67,6 +88,15 @@ public final class FetchStream implements AutoCloseable {
 
   /** The next logical stream's fragments, or null once the stream ended and its summary checked out. */
   public List<ByteString> nextStream() throws FetchException {
+    if (closed) {
+      // Never null here: null means the stream ended and its summary checked out.
+      throw new FetchException(what + ": read after the stream was closed", -1);
+    }
+    // The logical streams handed out so far have been read: release every message whose blocks are all
+    // handed out (all but the one still feeding `current`).
+    while (held.size() > (current.isEmpty() ? 0 : 1)) {
+      held.poll().release();
+    }
     while (true) {
       while (!current.isEmpty()) {
         FetchedBlock b = current.poll();
@@ -78,6 +108,10 @@ public final class FetchStream implements AutoCloseable {
         }
       }
       if (ended) {
+        // Nothing handed out by this call: every message read so far can go.
+        while (!held.isEmpty()) {
+          held.poll().release();
+        }
         return null;
       }
       Object msg;
@@ -106,7 +140,9 @@ public final class FetchStream implements AutoCloseable {
         ended = true;
         throw new FetchException(what + " failed: " + CroupierSecurity.describe(st), -1, t);
       }
-      FetchResponse r = (FetchResponse) msg;
+      ReceivedFetch received = (ReceivedFetch) msg;
+      held.add(received);
+      FetchResponse r = received.response;
       ClientCallStreamObserver<FetchRequest> c = call;
       if (c != null) {
         c.request(1);
@@ -136,8 +172,26 @@ public final class FetchStream implements AutoCloseable {
     return blocksReceived;
   }
 
+  /** Messages held (taken and not released): for tests. */
+  int heldMessages() {
+    return held.size();
+  }
+
   @Override
   public void close() {
+    synchronized (queue) {
+      closed = true;
+      for (Object o : queue) {
+        if (o instanceof ReceivedFetch) {
+          ((ReceivedFetch) o).release();
+        }
+      }
+      queue.clear();
+    }
+    current.clear();
+    while (!held.isEmpty()) {
+      held.poll().release();
+    }
     ClientCallStreamObserver<FetchRequest> c = call;
     if (c != null && !ended) {
       try {

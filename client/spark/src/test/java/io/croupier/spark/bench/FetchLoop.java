@@ -8,6 +8,9 @@ import io.croupier.proto.v1.FetchedBlock;
 import io.croupier.spark.client.ClientConf;
 import io.croupier.spark.client.CroupierClients;
 import io.croupier.spark.client.Crc;
+import io.croupier.spark.client.ReceivedFetch;
+import io.grpc.ClientCall;
+import io.grpc.stub.ClientCalls;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
 import java.lang.management.ManagementFactory;
@@ -23,11 +26,12 @@ import java.util.concurrent.LinkedBlockingQueue;
  * <pre>
  * mvn -q test-compile dependency:build-classpath -Dmdep.outputFile=cp.txt
  * java -cp target/test-classes:target/classes:$(cat cp.txt) io.croupier.spark.bench.FetchLoop \
- *     SERVER APP SHUFFLE PARTITIONS ROUNDS HTTP2_FRAME_BYTES MAPS [direct|pool]
+ *     SERVER APP SHUFFLE PARTITIONS ROUNDS HTTP2_FRAME_BYTES MAPS [zerocopy|copy]
  * </pre>
  *
- * <p>The last argument picks where responses are delivered: {@code direct} (the transport's thread, as the
- * plugin's {@code FetchStream} does) or {@code pool} (grpc's default callback executor).
+ * <p>Responses are delivered on the transport's thread, as the plugin's {@code FetchStream} does. The last
+ * argument picks how they are parsed ({@link ReceivedFetch}): {@code zerocopy} over the receive buffers, released
+ * once the message's blocks are checked, or {@code copy} as grpc's protobuf marshaller does.
  */
 public final class FetchLoop {
   public static void main(String[] args) throws Exception {
@@ -40,7 +44,7 @@ public final class FetchLoop {
     cc.http2MaxFrameBytes = Integer.parseInt(args[5]);
     com.sun.management.OperatingSystemMXBean os =
         (com.sun.management.OperatingSystemMXBean) ManagementFactory.getOperatingSystemMXBean();
-    boolean direct = args.length < 8 || args[7].equals("direct");
+    boolean zeroCopy = args.length < 8 || args[7].equals("zerocopy");
     for (int r = 0; r < rounds; r++) {
       long[] firstNanos = new long[partitions];
       long cpu0 = os.getProcessCpuTime();
@@ -52,18 +56,18 @@ public final class FetchLoop {
             .setPartitionEnd(p + 1).setMapStart(0).setMapEnd(Integer.parseInt(args[6])).setChunkBytesMax(cc.fetchChunkBytes).build();
         final ClientCallStreamObserver<?>[] call = new ClientCallStreamObserver<?>[1];
         var stub = CroupierClients.async(server, cc, null);
-        if (direct) {
-          stub = stub.withExecutor(MoreExecutors.directExecutor());
-        }
         long asked = System.nanoTime();
-        stub.fetch(req, new ClientResponseObserver<FetchRequest, FetchResponse>() {
+        ClientCall<FetchRequest, ReceivedFetch> c = stub.getChannel().newCall(
+            zeroCopy ? ReceivedFetch.FETCH_ZERO_COPY : ReceivedFetch.FETCH_COPYING,
+            stub.getCallOptions().withExecutor(MoreExecutors.directExecutor()));
+        ClientCalls.asyncServerStreamingCall(c, req, new ClientResponseObserver<FetchRequest, ReceivedFetch>() {
           @Override
           public void beforeStart(ClientCallStreamObserver<FetchRequest> s) {
             call[0] = s;
             s.disableAutoRequestWithInitial(2);
           }
           @Override
-          public void onNext(FetchResponse v) { q.add(v); }
+          public void onNext(ReceivedFetch v) { q.add(v); }
           @Override
           public void onError(Throwable t) { q.add(t); }
           @Override
@@ -74,14 +78,15 @@ public final class FetchLoop {
           if (o instanceof Throwable) {
             throw new RuntimeException((Throwable) o);
           }
-          if (!(o instanceof FetchResponse)) {
+          if (!(o instanceof ReceivedFetch)) {
             break;
           }
           if (firstNanos[p] == 0) {
             firstNanos[p] = System.nanoTime() - asked;
           }
           call[0].request(1);
-          FetchResponse resp = (FetchResponse) o;
+          ReceivedFetch received = (ReceivedFetch) o;
+          FetchResponse resp = received.response;
           if (resp.hasChunk()) {
             for (FetchedBlock b : resp.getChunk().getBlocksList()) {
               ByteString d = b.getData();
@@ -91,6 +96,7 @@ public final class FetchLoop {
               bytes += d.size();
             }
           }
+          received.release();
         }
       }
       double s = (System.nanoTime() - t0) / 1e9;
