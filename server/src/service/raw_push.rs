@@ -15,8 +15,9 @@
 //! charged the whole frame ([`IncomingBatch::held_bytes`]). To bound that overhead, a batch takes
 //! slices only of a frame it fills at least half of, and only of frames of at least
 //! [`ZERO_COPY_FRAME_BYTES_MIN`] (h2 may read several small frames into one buffer): everything else is
-//! copied, as tonic would, and charged exactly. The reader holds at most one frame between batches
-//! and stops reading while a batch is being stored, as tonic's stream does.
+//! copied, as tonic would, and charged exactly (`croupier_push_received_data_bytes_total{kept}` counts
+//! the data kept each way). The reader holds at most one frame between batches and stops reading while
+//! a batch is being stored, as tonic's stream does.
 //!
 //! The call itself is served by [`super::fast_path::FastPath`], with the same checks as the tonic
 //! path: the token, each app's secret, the message size limit (`message_bytes_max`).

@@ -289,8 +289,9 @@ public class CroupierShuffleReader<K, C> implements ShuffleReader<K, C> {
           cur = null;
           continue;
         }
-        ByteString payload = fragments.size() == 1 ? fragments.get(0) : ByteString.copyFrom(fragments);
-        InputStream in = payload.newInput();
+        // Valid until the next stream is asked for: with zero-copy fetches the fragments are views of
+        // receive buffers, and this input fails rather than read them once they are released.
+        InputStream in = cur.stream.open(fragments);
         // Compression/encryption are decided by the block id's type (a shuffle block), as on the map side.
         BlockId blockId = new ShuffleBlockId(handle.shuffleId(), 0L, startPartition);
         records = ser.deserializeStream(serializerManager.wrapStream(blockId, in)).asKeyValueIterator();

@@ -8,9 +8,10 @@ public final class ClientConf implements Serializable {
 
   /**
    * Target size of one block: a partition's stream is closed at the first record boundary past it. Below
-   * 512 KiB (with room for a record and the codec's last frame) so that the reader's copy of a block (the
-   * protobuf parser allocates one array per block) is not a "humongous" object for G1, which a 1 MiB block
-   * was: allocated in the old generation, and triggering collections and marking cycles of its own.
+   * 512 KiB (with room for a record and the codec's last frame) so that a reader that copies blocks
+   * ({@link #fetchZeroCopy} off: the protobuf parser allocates one array per block) does not make "humongous"
+   * objects for G1, which a 1 MiB block did: allocated in the old generation, and triggering collections and
+   * marking cycles of its own.
    */
   public long blockBytes = 448L << 10;
   /** Hard limit of one block (header included); bigger records are split into CONTINUED fragments. */

@@ -19,6 +19,8 @@ import io.grpc.netty.NettyServerBuilder;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.InputStream;
 import java.net.InetSocketAddress;
 import java.util.ArrayList;
 import java.util.BitSet;
@@ -51,6 +53,9 @@ class FetchStreamTest {
   private Server server;
   private String address;
   private volatile CountDownLatch sent;
+  /** The server sends this many responses, then holds the call open until {@code hold} opens or 10 s. */
+  private volatile int sendOnly = Integer.MAX_VALUE;
+  private final CountDownLatch hold = new CountDownLatch(1);
 
   @BeforeEach
   void setUp() throws Exception {
@@ -116,9 +121,18 @@ class FetchStreamTest {
           public void fetch(FetchRequest r, StreamObserver<FetchResponse> out) {
             ServerCallStreamObserver<FetchResponse> call = (ServerCallStreamObserver<FetchResponse>) out;
             call.setOnCancelHandler(() -> { });
+            int n = 0;
             for (FetchResponse resp : responses) {
               if (call.isCancelled()) {
                 break;
+              }
+              if (n++ == sendOnly) {
+                try {
+                  hold.await(10, TimeUnit.SECONDS);
+                } catch (InterruptedException e) {
+                  Thread.currentThread().interrupt();
+                }
+                return;
               }
               out.onNext(resp);
             }
@@ -136,6 +150,7 @@ class FetchStreamTest {
 
   @AfterEach
   void tearDown() throws Exception {
+    hold.countDown();
     server.shutdownNow().awaitTermination(10, TimeUnit.SECONDS);
   }
 
@@ -249,5 +264,97 @@ class FetchStreamTest {
     s.close();
     assertEquals(0, s.heldMessages());
     assertTrue(awaitAllReleased(parsed0, released0) >= 1);
+  }
+
+  private static byte[] readAll(InputStream in) throws IOException {
+    ByteArrayOutputStream out = new ByteArrayOutputStream();
+    byte[] buf = new byte[8192];
+    int n;
+    while ((n = in.read(buf, 0, buf.length)) > 0) {
+      out.write(buf, 0, n);
+    }
+    return out.toByteArray();
+  }
+
+  @Test
+  void anInputFailsOnceTheReaderMovedOnOrClosed() throws Exception {
+    FetchStream s = open(true);
+    InputStream first = s.open(s.nextStream());
+    assertEquals(streams.get(0)[0] & 0xff, first.read());
+    InputStream second = s.open(s.nextStream());
+    IOException moved = assertThrows(IOException.class, () -> first.read(new byte[16], 0, 16));
+    assertTrue(moved.getMessage().contains("moved on"), moved.getMessage());
+    int k = Math.min(100, streams.get(1).length);
+    assertArrayEquals(java.util.Arrays.copyOf(streams.get(1), k), second.readNBytes(k));
+    s.close();
+    IOException closed = assertThrows(IOException.class, second::read);
+    assertTrue(closed.getMessage().contains("closed"), closed.getMessage());
+  }
+
+  @Test
+  void closeFromAnotherThreadStopsTheReaderWithoutWrongBytes() throws Exception {
+    Random rnd = new Random(7);
+    for (int round = 0; round < 12; round++) {
+      long parsed0 = ReceivedFetch.PARSED_ZERO_COPY.get();
+      long released0 = ReceivedFetch.RELEASED.get();
+      FetchStream s = open(true);
+      java.util.concurrent.atomic.AtomicReference<Throwable> wrong = new java.util.concurrent.atomic.AtomicReference<>();
+      java.util.concurrent.atomic.AtomicInteger intact = new java.util.concurrent.atomic.AtomicInteger();
+      Thread reader = new Thread(() -> {
+        try {
+          for (int i = 0; i < streams.size(); i++) {
+            byte[] got = readAll(s.open(s.nextStream()));
+            if (!java.util.Arrays.equals(streams.get(i), got)) {
+              wrong.set(new AssertionError("stream " + i + " read wrong bytes"));
+              return;
+            }
+            intact.incrementAndGet();
+          }
+        } catch (IOException stopped) {
+          // What a reader must see when the stream is closed under it (FetchException is one too).
+          if (!String.valueOf(stopped.getMessage()).contains("closed")) {
+            wrong.set(stopped);
+          }
+        } catch (Throwable t) {
+          wrong.set(t);
+        }
+      });
+      reader.start();
+      Thread.sleep(rnd.nextInt(15));
+      s.close();
+      reader.join(10_000);
+      assertTrue(!reader.isAlive(), "round " + round + ": the reader did not stop after close");
+      if (wrong.get() != null) {
+        throw new AssertionError("round " + round + " after " + intact.get() + " intact streams", wrong.get());
+      }
+      awaitAllReleased(parsed0, released0);
+    }
+  }
+
+  @Test
+  void closeWakesAReaderWaitingForData() throws Exception {
+    sendOnly = 1;
+    FetchStream s = open(true);
+    assertArrayEquals(streams.get(0), readAll(s.open(s.nextStream())));
+    java.util.concurrent.atomic.AtomicReference<Throwable> outcome = new java.util.concurrent.atomic.AtomicReference<>();
+    Thread reader = new Thread(() -> {
+      try {
+        // Drains what the first response holds, then waits for a second one that never comes.
+        while (s.nextStream() != null) {
+          // keep reading
+        }
+        outcome.set(new AssertionError("clean end without a summary"));
+      } catch (Throwable t) {
+        outcome.set(t);
+      }
+    });
+    reader.start();
+    Thread.sleep(200);
+    assertTrue(reader.isAlive(), "the reader should be waiting for data");
+    s.close();
+    reader.join(5_000); // the idle timeout is 30 s: only close() can have woken it
+    assertTrue(!reader.isAlive(), "close() did not wake the waiting reader");
+    assertTrue(outcome.get() instanceof FetchException, String.valueOf(outcome.get()));
+    assertTrue(outcome.get().getMessage().contains("closed"), outcome.get().getMessage());
   }
 }
