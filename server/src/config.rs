@@ -83,7 +83,8 @@ pub struct Config {
     /// Segment files of deleted shuffles kept per data dir to be overwritten by new segments (the
     /// segment pool), at most this many bytes; 0 turns recycling off. Overwriting a file reuses its
     /// allocated blocks and page-cache pages, which is several times cheaper than filling a new one.
-    /// The pool gives its files back first when a disk runs low on space.
+    /// Files shorter than `segment_bytes_max` / 16 are not kept. The pool gives its files back first
+    /// when a disk runs low on space.
     #[serde(deserialize_with = "de_size")]
     pub segment_pool_bytes_max: u64,
     /// At startup, each data dir's segment pool is topped up to this many bytes with files of zeros

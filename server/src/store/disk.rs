@@ -95,10 +95,15 @@ impl Disk {
         root: PathBuf,
         reserve_bytes: u64,
         pool_bytes_max: u64,
+        pool_file_bytes_min: u64,
         memory: Arc<MemoryBudget>,
         durability: Durability,
     ) -> std::io::Result<Arc<Disk>> {
-        let pool = Arc::new(SegmentPool::open(&root, pool_bytes_max)?);
+        let pool = Arc::new(SegmentPool::open(
+            &root,
+            pool_bytes_max,
+            pool_file_bytes_min,
+        )?);
         let (tx, rx) = mpsc::unbounded_channel();
         let failing: Arc<std::sync::OnceLock<std::sync::Weak<Disk>>> = Arc::default();
         let syncer = {

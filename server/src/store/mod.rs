@@ -172,6 +172,7 @@ impl Store {
                 root,
                 config.disk_reserve_bytes,
                 config.segment_pool_bytes_max,
+                pool::pool_file_bytes_min(config.segment_bytes_max),
                 memory.clone(),
                 config.durability,
             )

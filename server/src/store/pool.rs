@@ -14,8 +14,11 @@
 //! read.
 //!
 //! Limits: the pool holds at most `segment_pool_bytes_max` bytes (file lengths); a file that does not
-//! fit is deleted instead. The pool gives its files up first when the disk runs low on space
-//! ([`SegmentPool::shrink_while`]).
+//! fit is deleted instead, and so is a file shorter than a sixteenth of a segment
+//! ([`pool_file_bytes_min`]): overwriting it saves little, and a new segment given a short file grows
+//! past it into new blocks anyway. So the pool holds at most 16 x `segment_pool_bytes_max` /
+//! `segment_bytes_max` files (128 with the defaults). The pool gives its files up first when the disk
+//! runs low on space ([`SegmentPool::shrink_while`]).
 //!
 //! Prefill ([`SegmentPool::prefill`], `segment_pool_prefill_bytes`): a new server has no deleted
 //! shuffles, so its first shuffles would all write new files. At startup a background thread per data
@@ -27,6 +30,12 @@ use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 
 pub const POOL_DIR: &str = "segment-pool";
+
+/// The shortest file the pool keeps, for segments of `segment_bytes_max` bytes: a sixteenth of that,
+/// and at least one 4 KiB page.
+pub fn pool_file_bytes_min(segment_bytes_max: u64) -> u64 {
+    (segment_bytes_max / 16).max(4096)
+}
 
 fn pool_file_name(n: u64) -> String {
     format!("{n}.seg")
@@ -49,6 +58,8 @@ struct PoolState {
 pub struct SegmentPool {
     dir: PathBuf,
     bytes_max: u64,
+    /// Shorter files are not pooled ([`pool_file_bytes_min`]); at least 1 (empty files never are).
+    file_bytes_min: u64,
     /// Label of the disk in metrics.
     disk_label: String,
     state: Mutex<PoolState>,
@@ -57,8 +68,10 @@ pub struct SegmentPool {
 impl SegmentPool {
     /// Opens the pool of the data dir `root`, adopting the files a previous run left in it (they are free
     /// by construction: only whole segments of deleted shuffles are ever moved in). Files beyond
-    /// `bytes_max` are deleted; `bytes_max` 0 turns the pool off and empties it.
-    pub fn open(root: &Path, bytes_max: u64) -> std::io::Result<SegmentPool> {
+    /// `bytes_max`, and files shorter than `file_bytes_min`, are deleted; `bytes_max` 0 turns the pool
+    /// off and empties it.
+    pub fn open(root: &Path, bytes_max: u64, file_bytes_min: u64) -> std::io::Result<SegmentPool> {
+        let file_bytes_min = file_bytes_min.max(1);
         let dir = root.join(POOL_DIR);
         std::fs::create_dir_all(&dir)?;
         let mut found: Vec<(u64, u64)> = Vec::new();
@@ -83,6 +96,7 @@ impl SegmentPool {
         let pool = SegmentPool {
             dir,
             bytes_max,
+            file_bytes_min,
             disk_label: root.display().to_string(),
             state: Mutex::new(PoolState {
                 next,
@@ -92,7 +106,7 @@ impl SegmentPool {
         {
             let mut st = pool.state.lock();
             for (n, len) in found {
-                if len > 0 && st.bytes + len <= bytes_max {
+                if len >= file_bytes_min && st.bytes + len <= bytes_max {
                     st.files.push_back((n, len));
                     st.bytes += len;
                 } else {
@@ -114,8 +128,8 @@ impl SegmentPool {
     }
 
     /// Moves the segment file at `path` (a deleted shuffle's, on this data dir, with no open handle
-    /// left) into the pool. Returns false, leaving the file where it is, when it is empty, does not fit
-    /// under the limit, or cannot be moved. Write-back of the file's dirty pages is started at once
+    /// left) into the pool. Returns false, leaving the file where it is, when it is shorter than the
+    /// pool's minimum (empty ones included), does not fit under the limit, or cannot be moved. Write-back of the file's dirty pages is started at once
     /// (without waiting), so that it is clean by the time a new segment overwrites it.
     pub fn put(&self, path: &Path) -> bool {
         let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else {
@@ -123,7 +137,7 @@ impl SegmentPool {
         };
         {
             let st = self.state.lock();
-            if len == 0 || st.bytes + len > self.bytes_max {
+            if len < self.file_bytes_min || st.bytes + len > self.bytes_max {
                 return false;
             }
         }
@@ -200,8 +214,9 @@ pub struct Prefilled {
 }
 
 impl SegmentPool {
-    /// Writes files of zeros into the pool (each `file_bytes` long, the last one shorter) until it
-    /// holds `target_bytes` (capped by its limit), checking `go_on` before each file and every
+    /// Writes files of zeros into the pool (each `file_bytes` long, the last one shorter, none shorter
+    /// than the pool's minimum) until it holds `target_bytes` (capped by its limit), checking `go_on`
+    /// before each file and every
     /// [`PREFILL_WRITE_BYTES`] written; a `false` stops it and deletes the file being written. A write
     /// error stops it too, returned with what was pooled before it. Files that shuffles take from the
     /// pool meanwhile leave room that is filled again: the loop stops at the target, not at a count.
@@ -222,7 +237,7 @@ impl SegmentPool {
             let (n, len) = {
                 let mut st = self.state.lock();
                 let want = target_bytes.saturating_sub(st.bytes).min(file_bytes);
-                if want == 0 {
+                if want == 0 || want < self.file_bytes_min {
                     return (done, Ok(()));
                 }
                 let n = st.next;
@@ -312,7 +327,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let shuffle = root.path().join("s");
         std::fs::create_dir(&shuffle).expect("mkdir");
-        let pool = SegmentPool::open(root.path(), 10_000).expect("open");
+        let pool = SegmentPool::open(root.path(), 10_000, 1).expect("open");
         assert!(pool.put(&segment(&shuffle, "a", 4_000)));
         assert!(pool.put(&segment(&shuffle, "b", 5_000)));
         // Would pass the limit: stays where it is.
@@ -330,7 +345,7 @@ mod tests {
 
         // A restart adopts what is left; numbering goes on after the highest file left (1.seg).
         drop(pool);
-        let pool = SegmentPool::open(root.path(), 10_000).expect("reopen");
+        let pool = SegmentPool::open(root.path(), 10_000, 1).expect("reopen");
         assert_eq!((pool.files(), pool.bytes()), (1, 5_000));
         assert!(!pool.put(&segment(&shuffle, "e", 6_000)), "over the limit");
         assert!(pool.put(&c));
@@ -344,7 +359,7 @@ mod tests {
     #[test]
     fn prefill_tops_up_to_the_target_and_a_stop_leaves_no_partial_file() {
         let root = tempfile::tempdir().expect("tempdir");
-        let pool = SegmentPool::open(root.path(), 5 * PREFILL_WRITE_BYTES as u64).expect("open");
+        let pool = SegmentPool::open(root.path(), 5 * PREFILL_WRITE_BYTES as u64, 1).expect("open");
         assert!(pool.put(&segment(root.path(), "old", 1_000)));
         // Stopped inside its second file (after the first file's two go_on calls, the second's check
         // and one write step): the first file is pooled, the partial second one is deleted.
@@ -384,7 +399,7 @@ mod tests {
         );
         std::fs::write(root.path().join(POOL_DIR).join("9.fill"), b"partial").expect("plant");
         drop(pool);
-        let pool = SegmentPool::open(root.path(), limit).expect("reopen");
+        let pool = SegmentPool::open(root.path(), limit, 1).expect("reopen");
         assert_eq!(pool.bytes(), limit);
         assert!(!root.path().join(POOL_DIR).join("9.fill").exists());
     }
@@ -392,7 +407,7 @@ mod tests {
     #[test]
     fn shrinks_oldest_first_and_a_smaller_limit_at_restart_drops_files() {
         let root = tempfile::tempdir().expect("tempdir");
-        let pool = SegmentPool::open(root.path(), 1 << 20).expect("open");
+        let pool = SegmentPool::open(root.path(), 1 << 20, 1).expect("open");
         for (i, len) in [1_000usize, 2_000, 3_000].into_iter().enumerate() {
             assert!(pool.put(&segment(root.path(), &format!("s{i}"), len)));
         }
@@ -410,7 +425,7 @@ mod tests {
             .collect();
         assert_eq!(left, vec!["2.seg".to_string()]);
         drop(pool);
-        let off = SegmentPool::open(root.path(), 0).expect("reopen with the pool off");
+        let off = SegmentPool::open(root.path(), 0, 1).expect("reopen with the pool off");
         assert_eq!(off.bytes(), 0);
         assert!(!off.put(&segment(root.path(), "t", 10)));
         assert_eq!(
@@ -419,5 +434,34 @@ mod tests {
                 .count(),
             0
         );
+    }
+    #[test]
+    fn files_shorter_than_the_minimum_are_not_pooled() {
+        assert_eq!(pool_file_bytes_min(1 << 30), 64 << 20);
+        assert_eq!(pool_file_bytes_min(16 << 10), 4096);
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = SegmentPool::open(root.path(), 1 << 20, 1_000).expect("open");
+        let short = segment(root.path(), "short", 999);
+        assert!(!pool.put(&short), "under the minimum");
+        assert!(short.exists(), "left for the caller to delete");
+        assert!(pool.put(&segment(root.path(), "a", 1_000)));
+        assert!(pool.put(&segment(root.path(), "b", 3_000)));
+        // A restart with a higher minimum (larger segments) drops the files now too short.
+        drop(pool);
+        let pool = SegmentPool::open(root.path(), 1 << 20, 2_000).expect("reopen");
+        assert_eq!((pool.files(), pool.bytes()), (1, 3_000));
+        assert!(!root.path().join(POOL_DIR).join("0.seg").exists());
+        // Prefill stops rather than write a file under the minimum: 3_000 + 2 x 2_500 = 8_000, and the
+        // 1_000 bytes left to the 9_000 target are not written.
+        let (done, result) = pool.prefill(9_000, 2_500, || true);
+        result.expect("no write error");
+        assert_eq!(
+            done,
+            Prefilled {
+                files: 2,
+                bytes: 5_000
+            }
+        );
+        assert_eq!((pool.files(), pool.bytes()), (3, 8_000));
     }
 }

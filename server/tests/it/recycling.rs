@@ -11,6 +11,17 @@ use std::path::Path;
 
 const SEGMENT_BYTES_MAX: u64 = 1 << 20;
 const CHUNK_BYTES: u64 = 256 << 10;
+/// Shorter segments are deleted, not pooled: a sixteenth of a segment (FORMAT.md, section 2).
+const POOL_FILE_BYTES_MIN: u64 = SEGMENT_BYTES_MAX / 16;
+
+/// The (inode, length) pairs the pool keeps of a deleted shuffle's segments.
+fn poolable(segments: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    segments
+        .iter()
+        .filter(|s| s.1 >= POOL_FILE_BYTES_MIN)
+        .copied()
+        .collect()
+}
 
 /// (inode, length) of the files in `dir` whose name starts with `prefix`, sorted.
 fn inodes_and_lengths(dir: &Path, prefix: &str) -> Vec<(u64, u64)> {
@@ -55,16 +66,18 @@ async fn recycled_segments_serve_only_new_data(io: &str) {
     load_and_verify(old.clone()).await;
     let old_segments = segments(&server.shuffle_dir("old", 1).expect("old shuffle dir"));
     assert!(old_segments.len() >= 6, "{old_segments:?}");
+    let old_pooled = poolable(&old_segments);
+    assert!(old_pooled.len() >= 6, "{old_segments:?}");
     let client = server.client().await;
     assert!(client.unregister_app("old").await.expect("unregister"));
     assert!(server.shuffle_dir("old", 1).is_none());
     assert_eq!(
         pooled(&data_dir),
-        old_segments,
-        "every segment of the deleted shuffle is pooled, unchanged"
+        old_pooled,
+        "every segment of the deleted shuffle (of at least {POOL_FILE_BYTES_MIN} bytes) is pooled, unchanged"
     );
     let metrics = server.admin_get("/metrics").1;
-    let pooled_bytes: u64 = old_segments.iter().map(|s| s.1).sum();
+    let pooled_bytes: u64 = old_pooled.iter().map(|s| s.1).sum();
     assert_eq!(
         metric(&metrics, "croupier_segment_pool_bytes"),
         pooled_bytes as f64
@@ -82,7 +95,7 @@ async fn recycled_segments_serve_only_new_data(io: &str) {
     loadgen::load(new.clone()).await.expect("load maps 0..2");
     let new_dir = server.shuffle_dir("new", 1).expect("new shuffle dir");
     let new_segments = segments(&new_dir);
-    let old_inodes: HashSet<u64> = old_segments.iter().map(|s| s.0).collect();
+    let old_inodes: HashSet<u64> = old_pooled.iter().map(|s| s.0).collect();
     assert!(
         new_segments.iter().all(|s| old_inodes.contains(&s.0)),
         "new segments must be recycled files: {new_segments:?} vs {old_segments:?}"
@@ -105,7 +118,7 @@ async fn recycled_segments_serve_only_new_data(io: &str) {
     );
     assert_eq!(
         pooled(&data_dir).len(),
-        old_segments.len() - new_segments.len()
+        old_pooled.len() - new_segments.len()
     );
 
     // After a kill -9, the last segment's logical end is unknown: writing resumes at its physical end,
@@ -140,7 +153,8 @@ async fn recycled_segments_serve_only_new_data(io: &str) {
     assert_inspect_clean(&data_dir);
 
     // A shuffle that restart recovered gives its segments to the pool too.
-    let recovered = segments(&new_dir);
+    let recovered = poolable(&segments(&new_dir));
+    assert!(!recovered.is_empty());
     let before = pooled(&data_dir).len();
     let client = server.client().await;
     assert!(client.unregister_app("new").await.expect("unregister"));
@@ -169,9 +183,28 @@ async fn the_pool_stays_under_its_limit_and_zero_turns_recycling_off() {
                 "segment_bytes_max = \"1MiB\"\nchunk_bytes_target = \"256KiB\"\nsegment_pool_bytes_max = \"{limit}\""
             ),
         );
+        // A shuffle whose one segment is shorter than the pool's minimum: deleted, not pooled.
+        let tiny = load_spec(&server.grpc, "tiny", 1, 1, 2, 16 << 10, 4 << 10);
+        load_and_verify(tiny).await;
+        let tiny_segments = segments(&server.shuffle_dir("tiny", 1).expect("tiny shuffle dir"));
+        assert!(
+            tiny_segments.len() == 1 && tiny_segments[0].1 < POOL_FILE_BYTES_MIN,
+            "{tiny_segments:?}"
+        );
+        let client = server.client().await;
+        assert!(client
+            .unregister_shuffle("tiny", 1)
+            .await
+            .expect("unregister"));
+        assert!(server.shuffle_dir("tiny", 1).is_none());
+        assert_eq!(
+            pooled(&server.dirs[0]),
+            vec![],
+            "{limit}: a short segment was pooled"
+        );
+
         let spec = load_spec(&server.grpc, "big", 1, 4, 4, 2 << 20, 64 << 10);
         load_and_verify(spec.clone()).await;
-        let client = server.client().await;
         assert!(client
             .unregister_shuffle("big", 1)
             .await
