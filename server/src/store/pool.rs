@@ -129,8 +129,9 @@ impl SegmentPool {
 
     /// Moves the segment file at `path` (a deleted shuffle's, on this data dir, with no open handle
     /// left) into the pool. Returns false, leaving the file where it is, when it is shorter than the
-    /// pool's minimum (empty ones included), does not fit under the limit, or cannot be moved. Write-back of the file's dirty pages is started at once
-    /// (without waiting), so that it is clean by the time a new segment overwrites it.
+    /// pool's minimum (empty ones included), does not fit under the limit, or cannot be moved.
+    /// Write-back of the file's dirty pages is started at once (without waiting), so that it is clean
+    /// by the time a new segment overwrites it.
     pub fn put(&self, path: &Path) -> bool {
         let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else {
             return false;
@@ -216,10 +217,10 @@ pub struct Prefilled {
 impl SegmentPool {
     /// Writes files of zeros into the pool (each `file_bytes` long, the last one shorter, none shorter
     /// than the pool's minimum) until it holds `target_bytes` (capped by its limit), checking `go_on`
-    /// before each file and every
-    /// [`PREFILL_WRITE_BYTES`] written; a `false` stops it and deletes the file being written. A write
-    /// error stops it too, returned with what was pooled before it. Files that shuffles take from the
-    /// pool meanwhile leave room that is filled again: the loop stops at the target, not at a count.
+    /// before each file and every [`PREFILL_WRITE_BYTES`] written; a `false` stops it and deletes the
+    /// file being written. A write error stops it too, returned with what was pooled before it. Files
+    /// that shuffles take from the pool meanwhile leave room that is filled again: the loop stops at
+    /// the target, not at a count.
     pub fn prefill(
         &self,
         target_bytes: u64,
@@ -237,7 +238,8 @@ impl SegmentPool {
             let (n, len) = {
                 let mut st = self.state.lock();
                 let want = target_bytes.saturating_sub(st.bytes).min(file_bytes);
-                if want == 0 || want < self.file_bytes_min {
+                // `file_bytes_min` is at least 1: this also stops at the target.
+                if want < self.file_bytes_min {
                     return (done, Ok(()));
                 }
                 let n = st.next;
