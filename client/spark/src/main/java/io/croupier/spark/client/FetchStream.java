@@ -33,7 +33,10 @@ import java.util.concurrent.TimeUnit;
  */
 public final class FetchStream implements AutoCloseable {
   private static final Object END = new Object();
-  /** Put in the queue by {@link #close()} so that a reader waiting in another thread wakes up. */
+  /**
+   * Put in the queue by {@link #close()} so that a reader waiting in another thread wakes up at once,
+   * without relying on grpc reporting the cancellation (or on the call not having ended).
+   */
   private static final Object CLOSED = new Object();
 
   private final String what;
