@@ -385,8 +385,8 @@ impl<F: FrameSource> BatchReader<F> {
             }
         }
         batch.held_bytes = self.held_bytes;
-        // Whether clients' frames are large enough to be kept (a small-frame or TLS client falls back to
-        // copying): docs/PERFORMANCE.md, round 10.
+        // Whether clients' frames are large enough to be kept (a client sending small frames falls back
+        // to copying): docs/PERFORMANCE.md, round 10.
         if self.sliced_bytes > 0 {
             metrics::counter!("croupier_push_received_data_bytes_total", "kept" => "frame_slice")
                 .increment(self.sliced_bytes);

@@ -1,6 +1,5 @@
 package io.croupier.spark.client;
 
-import com.google.common.util.concurrent.MoreExecutors;
 import com.google.protobuf.ByteString;
 import io.croupier.proto.v1.FetchRequest;
 import io.croupier.proto.v1.FetchResponse;
@@ -69,9 +68,7 @@ public final class FetchStream implements AutoCloseable {
     int initial = Math.max(1, prefetch);
     // The observer only queues what it gets, so it runs on the transport's thread: no hop through grpc's
     // callback executor (a thread wake-up per message on the task's critical path).
-    ClientCall<FetchRequest, ReceivedFetch> c = stub.getChannel().newCall(
-        zeroCopy ? ReceivedFetch.FETCH_ZERO_COPY : ReceivedFetch.FETCH_COPYING,
-        stub.getCallOptions().withExecutor(MoreExecutors.directExecutor()));
+    ClientCall<FetchRequest, ReceivedFetch> c = ReceivedFetch.newCall(stub, zeroCopy);
     ClientCalls.asyncServerStreamingCall(c, request, new ClientResponseObserver<FetchRequest, ReceivedFetch>() {
       @Override
       public void beforeStart(ClientCallStreamObserver<FetchRequest> requestStream) {
@@ -119,9 +116,7 @@ public final class FetchStream implements AutoCloseable {
       generation++;
       // The logical streams handed out so far have been read: release every message whose blocks are all
       // handed out (all but the one still feeding `current`).
-      while (held.size() > (current.isEmpty() ? 0 : 1)) {
-        held.poll().release();
-      }
+      releaseHeld(current.isEmpty() ? 0 : 1);
     }
     while (true) {
       synchronized (lock) {
@@ -137,9 +132,7 @@ public final class FetchStream implements AutoCloseable {
         }
         if (ended) {
           // Nothing handed out by this call: every message read so far can go.
-          while (!held.isEmpty()) {
-            held.poll().release();
-          }
+          releaseHeld(0);
           return null;
         }
       }
@@ -262,6 +255,13 @@ public final class FetchStream implements AutoCloseable {
     return blocksReceived;
   }
 
+  /** Releases the oldest held messages until {@code keep} are left. Under {@link #lock}. */
+  private void releaseHeld(int keep) {
+    while (held.size() > keep) {
+      held.poll().release();
+    }
+  }
+
   /** Messages held (taken and not released): for tests. */
   int heldMessages() {
     synchronized (lock) {
@@ -283,9 +283,7 @@ public final class FetchStream implements AutoCloseable {
       queue.clear();
       queue.add(CLOSED);
       current.clear();
-      while (!held.isEmpty()) {
-        held.poll().release();
-      }
+      releaseHeld(0);
       cancel = !ended;
       ended = true;
     }

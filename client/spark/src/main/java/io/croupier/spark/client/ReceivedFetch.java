@@ -7,6 +7,8 @@ import com.google.protobuf.UnsafeByteOperations;
 import io.croupier.proto.v1.FetchRequest;
 import io.croupier.proto.v1.FetchResponse;
 import io.croupier.proto.v1.ShuffleServiceGrpc;
+import com.google.common.util.concurrent.MoreExecutors;
+import io.grpc.ClientCall;
 import io.grpc.Detachable;
 import io.grpc.HasByteBuffer;
 import io.grpc.KnownLength;
@@ -55,6 +57,16 @@ public final class ReceivedFetch {
 
   public final FetchResponse response;
   private InputStream held;
+
+  /**
+   * A Fetch call on {@code stub}'s channel and options, its responses parsed zero-copy or by copying and
+   * delivered on the transport's thread (the observer must only queue them).
+   */
+  public static ClientCall<FetchRequest, ReceivedFetch> newCall(ShuffleServiceGrpc.ShuffleServiceStub stub,
+      boolean zeroCopy) {
+    return stub.getChannel().newCall(zeroCopy ? FETCH_ZERO_COPY : FETCH_COPYING,
+        stub.getCallOptions().withExecutor(MoreExecutors.directExecutor()));
+  }
 
   private ReceivedFetch(FetchResponse response, InputStream held) {
     this.response = response;

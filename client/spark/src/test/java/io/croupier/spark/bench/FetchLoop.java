@@ -1,6 +1,5 @@
 package io.croupier.spark.bench;
 
-import com.google.common.util.concurrent.MoreExecutors;
 import com.google.protobuf.ByteString;
 import io.croupier.proto.v1.FetchRequest;
 import io.croupier.proto.v1.FetchResponse;
@@ -57,9 +56,7 @@ public final class FetchLoop {
         final ClientCallStreamObserver<?>[] call = new ClientCallStreamObserver<?>[1];
         var stub = CroupierClients.async(server, cc, null);
         long asked = System.nanoTime();
-        ClientCall<FetchRequest, ReceivedFetch> c = stub.getChannel().newCall(
-            zeroCopy ? ReceivedFetch.FETCH_ZERO_COPY : ReceivedFetch.FETCH_COPYING,
-            stub.getCallOptions().withExecutor(MoreExecutors.directExecutor()));
+        ClientCall<FetchRequest, ReceivedFetch> c = ReceivedFetch.newCall(stub, zeroCopy);
         ClientCalls.asyncServerStreamingCall(c, req, new ClientResponseObserver<FetchRequest, ReceivedFetch>() {
           @Override
           public void beforeStart(ClientCallStreamObserver<FetchRequest> s) {
