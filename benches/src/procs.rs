@@ -225,6 +225,17 @@ fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / clock_ticks_per_second())
 }
 
+/// Minor page faults of a process so far (all its threads), from `/proc/PID/stat` (field 10). On VMs
+/// whose balloon reports free pages to the host, a fault on a page the guest had freed costs far more
+/// than a reused one (docs/PERFORMANCE.md, round 3): phases that differ in CPU for the same bytes often
+/// differ here.
+pub fn minor_faults(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts with field 3 (state); minflt is field 10.
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
 /// CPU seconds used so far by the threads of `pid` whose name starts with `prefix` (the server names its
 /// disk writer threads `croupier-disk-N`).
 pub fn threads_cpu_seconds(pid: u32, prefix: &str) -> f64 {

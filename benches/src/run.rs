@@ -228,16 +228,23 @@ struct Measured<T> {
     /// CPU of the server's disk writer threads (`croupier-disk-*`; none in the sink).
     writer_cpu_s: f64,
     client_cpu_s: f64,
+    /// Minor page faults of the server and of this process (the client) during the phase.
+    server_faults: u64,
+    client_faults: u64,
 }
 
 const WRITER_THREAD_PREFIX: &str = "croupier-disk";
 
 fn measured<T>(server: &Served, f: impl FnOnce() -> T) -> Measured<T> {
     let writer = || procs::threads_cpu_seconds(server.pid, WRITER_THREAD_PREFIX);
+    let faults = |pid: u32| procs::minor_faults(pid).unwrap_or(0);
     let (s0, w0, c0) = (server.cpu_seconds(), writer(), procs::own_cpu_seconds());
+    let (sf0, cf0) = (faults(server.pid), faults(std::process::id()));
     let value = f();
     Measured {
         value,
+        server_faults: faults(server.pid).saturating_sub(sf0),
+        client_faults: faults(std::process::id()).saturating_sub(cf0),
         server_cpu_s: server.cpu_seconds() - s0,
         writer_cpu_s: writer() - w0,
         client_cpu_s: procs::own_cpu_seconds() - c0,
@@ -276,8 +283,8 @@ fn grpc_phase(
     samples.add("grpc_client_cpu_s_fetch", fetch.client_cpu_s);
     ctx.rt.block_on(unregister(&sink.grpc, shuffle))?;
     eprintln!(
-        "   rep {rep} grpc:     push {:.3} GiB/s ({:.2} s, sink CPU {:.2} s), fetch {:.3} GiB/s ({:.2} s, sink CPU {:.2} s)",
-        r.gib_per_s, r.seconds, push.server_cpu_s, gib(f.bytes) / f.seconds, f.seconds, fetch.server_cpu_s
+        "   rep {rep} grpc:     push {:.3} GiB/s ({:.2} s, sink CPU {:.2} s, page faults sink {} client {}), fetch {:.3} GiB/s ({:.2} s, sink CPU {:.2} s)",
+        r.gib_per_s, r.seconds, push.server_cpu_s, push.server_faults, push.client_faults, gib(f.bytes) / f.seconds, f.seconds, fetch.server_cpu_s
     );
     Ok(())
 }
@@ -378,8 +385,8 @@ fn croupier_phase(
     samples.add("server_cpu_s_fetch", fetch.server_cpu_s);
     samples.add("client_cpu_s_fetch", fetch.client_cpu_s);
     eprintln!(
-        "   rep {rep} croupier: push {:.3} GiB/s ({:.2} s, server CPU {:.2} s), fetch {:.3} GiB/s ({:.2} s, server CPU {:.2} s)",
-        r.gib_per_s, r.seconds, push.server_cpu_s, gib(f.bytes) / f.seconds, f.seconds, fetch.server_cpu_s
+        "   rep {rep} croupier: push {:.3} GiB/s ({:.2} s, server CPU {:.2} s, page faults server {} client {}), fetch {:.3} GiB/s ({:.2} s, server CPU {:.2} s)",
+        r.gib_per_s, r.seconds, push.server_cpu_s, push.server_faults, push.client_faults, gib(f.bytes) / f.seconds, f.seconds, fetch.server_cpu_s
     );
     let verified = if last && ctx.settings.verify {
         let v = ctx

@@ -77,6 +77,14 @@ pub struct Config {
     /// `chunk_bytes_target` act as `chunk_bytes_target`.
     #[serde(deserialize_with = "de_size")]
     pub write_behind_bytes_min: u64,
+    /// A push to a disk whose writer has more than this many bytes queued waits (within
+    /// `push_wait_ms_max`) until the writer is below it again. The writer then works on data that has
+    /// just arrived, still in the CPU caches and in buffers the allocator reuses, instead of a backlog
+    /// hundreds of MiB long; and a commit waits for at most this much of other maps' data ahead of its
+    /// own. 0 turns the wait off (the memory budget alone bounds the queue). At least
+    /// `chunk_bytes_target`, at most `memory_budget_bytes`.
+    #[serde(deserialize_with = "de_size")]
+    pub write_queue_bytes_max: u64,
     /// Segment files are rolled when they reach this size.
     #[serde(deserialize_with = "de_size")]
     pub segment_bytes_max: u64,
@@ -155,6 +163,7 @@ impl Default for Config {
             message_bytes_max: 8 << 20,
             chunk_bytes_target: 4 << 20,
             write_behind_bytes_min: 512 << 10,
+            write_queue_bytes_max: 16 << 20,
             segment_bytes_max: 1 << 30,
             segment_pool_bytes_max: 8 << 30,
             segment_pool_prefill_bytes: 0,
@@ -222,7 +231,15 @@ impl Config {
         if self.chunk_bytes_target == 0 || self.chunk_bytes_target > (1 << 30) {
             return Err("chunk_bytes_target: must be within 1 ..= 1GiB".into());
         }
-
+        if self.write_queue_bytes_max != 0
+            && !(self.chunk_bytes_target..=self.memory_budget_bytes)
+                .contains(&self.write_queue_bytes_max)
+        {
+            return Err(format!(
+                "write_queue_bytes_max ({}): must be 0 (no wait) or within chunk_bytes_target ({}) ..= memory_budget_bytes ({})",
+                self.write_queue_bytes_max, self.chunk_bytes_target, self.memory_budget_bytes
+            ));
+        }
         if self.segment_bytes_max < 4096 {
             return Err("segment_bytes_max: must be at least 4KiB".into());
         }
@@ -325,6 +342,19 @@ mod tests {
             err.contains("segment_pool_prefill_bytes") && err.contains("segment_pool_bytes_max"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_write_queue_wait_is_off_or_between_one_chunk_and_the_budget() {
+        for ok in ["0", "\"4MiB\"", "\"1GiB\""] {
+            let c = Config::from_toml(&format!("write_queue_bytes_max = {ok}")).unwrap();
+            c.validate().unwrap();
+        }
+        for bad in ["\"1MiB\"", "\"2GiB\""] {
+            let c = Config::from_toml(&format!("write_queue_bytes_max = {bad}")).unwrap();
+            let err = c.validate().unwrap_err();
+            assert!(err.starts_with("write_queue_bytes_max"), "{err}");
+        }
     }
 
     #[test]

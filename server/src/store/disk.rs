@@ -10,7 +10,9 @@
 //! Jobs are enqueued while the shuffle's state lock is held, so the queue order is the order in which
 //! buffers were taken: a commit job always follows every flush job holding blocks of its attempt. The
 //! queue therefore cannot make the enqueuer wait; it is bounded by the memory budget instead (every
-//! flush job holds budgeted bytes) and by the number of commit RPCs in flight.
+//! flush job holds budgeted bytes) and by the number of commit RPCs in flight. Pushes are paced
+//! before they are accepted: a batch for a disk with more than `write_queue_bytes_max` queued waits
+//! for the writer ([`Disk::wait_for_queue_room`]), which keeps the writer on freshly received data.
 
 use super::files::PendingChunk;
 use super::memory::MemoryBudget;
@@ -81,8 +83,11 @@ pub struct Disk {
     total_bytes: AtomicU64,
     pub write_errors: AtomicU64,
     pub bytes_written: AtomicU64,
-    /// Payload bytes queued for this disk's writer and not yet written (write-behind looks at it).
+    /// Payload bytes queued for this disk's writer and not yet written (write-behind and the push's
+    /// queue wait look at it).
     queued_bytes: AtomicU64,
+    /// Signalled every time the writer finishes a group (`queued_bytes` went down).
+    queue_drained: tokio::sync::Notify,
     /// Segment files of deleted shuffles, to be overwritten by new segments.
     pub pool: Arc<SegmentPool>,
     /// Syncs finished segments off the writer thread.
@@ -130,6 +135,7 @@ impl Disk {
             write_errors: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             queued_bytes: AtomicU64::new(0),
+            queue_drained: tokio::sync::Notify::new(),
             pool,
             syncer,
         });
@@ -242,6 +248,32 @@ impl Disk {
         self.queued_bytes.load(Ordering::Acquire)
     }
 
+    /// Waits until at most `bytes_max` bytes are queued for this disk's writer, or until `deadline`.
+    /// Returns how long it waited, or `None` when there was room at once (`bytes_max` 0: always).
+    pub async fn wait_for_queue_room(
+        &self,
+        bytes_max: u64,
+        deadline: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        if bytes_max == 0 || self.queued_bytes() <= bytes_max {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let drained = self.queue_drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            // Checked after registering, so a group finishing in between is not missed.
+            let now = std::time::Instant::now();
+            if self.queued_bytes() <= bytes_max || now >= deadline {
+                return Some(now - started);
+            }
+            // A failed writer drains nothing: the deadline bounds the wait, and the nap guards it.
+            let nap = (deadline - now).min(std::time::Duration::from_millis(50));
+            let _ = tokio::time::timeout(nap, drained).await;
+        }
+    }
+
     /// (free bytes, total bytes) of the file system holding this disk, as last read.
     pub fn space(&self) -> (u64, u64) {
         (
@@ -331,6 +363,7 @@ fn run_group(jobs: &mut [WriteJob], memory: &MemoryBudget, durability: Durabilit
     // The chunks are in the kernel's hands (or refused): they no longer hold up write-behind.
     let group_bytes: u64 = jobs.iter().map(WriteJob::payload_bytes).sum();
     disk.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
+    disk.queue_drained.notify_waiters();
     let fsync = durability == Durability::Fsync;
     if fsync {
         sync_each_shuffle(jobs, &mut results, disk, |f| f.sync_data());
@@ -515,5 +548,53 @@ fn sync_each_shuffle(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn idle_disk(dir: &Path) -> Arc<Disk> {
+        let memory = Arc::new(MemoryBudget::new(64 << 20, 48 << 20));
+        Disk::start(0, dir.to_path_buf(), 0, 0, 4096, memory, Durability::Write)
+            .expect("disk starts")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_waits_for_the_writer_queue_until_a_group_drains_it_or_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = idle_disk(dir.path());
+        let cap = 4 << 20;
+        let far = Instant::now() + Duration::from_secs(60);
+        // Room at once, or the wait turned off: no wait at all.
+        assert_eq!(disk.wait_for_queue_room(cap, far).await, None);
+        disk.queued_bytes.store(cap + 1, Ordering::Release);
+        assert_eq!(disk.wait_for_queue_room(0, far).await, None);
+
+        // Over the cap and nothing drains: back at the deadline, not before.
+        let started = Instant::now();
+        let waited = disk
+            .wait_for_queue_room(cap, started + Duration::from_millis(120))
+            .await
+            .expect("waited");
+        assert!(waited >= Duration::from_millis(120), "{waited:?}");
+        assert!(started.elapsed() >= Duration::from_millis(120));
+
+        // A group that takes the queue back under the cap wakes the waiter long before its deadline.
+        let drainer = {
+            let disk = disk.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                disk.queued_bytes.fetch_sub(2, Ordering::AcqRel);
+                disk.queue_drained.notify_waiters();
+            })
+        };
+        let waited = disk.wait_for_queue_room(cap, far).await.expect("waited");
+        // It came back because the queue drained, not at its deadline.
+        assert_eq!(disk.queued_bytes(), cap - 1);
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+        drainer.await.expect("drainer");
     }
 }

@@ -474,7 +474,17 @@ impl Store {
         // a batch always fits the budget).
         let charged = (bytes.max(held_bytes) + block_count * memory::BLOCK_OVERHEAD_BYTES)
             .min(self.memory.limit_bytes);
-        let wait = Duration::from_millis(self.config.push_wait_ms_max);
+        // One deadline for both waits: the writer's queue, then the memory budget.
+        let deadline = Instant::now() + Duration::from_millis(self.config.push_wait_ms_max);
+        if let Some(waited) = shuffle
+            .disk
+            .wait_for_queue_room(self.config.write_queue_bytes_max, deadline)
+            .await
+        {
+            metrics::histogram!("croupier_push_write_queue_wait_seconds")
+                .record(waited.as_secs_f64());
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
         if let Acquire::Refused = self.memory.acquire(charged, wait).await {
             self.push_rejected_total.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("croupier_push_rejected_total", "reason" => "memory").increment(1);

@@ -147,3 +147,35 @@ async fn tiny_blocks_are_charged_their_overhead_and_the_index_stops_at_metadata_
     again.push(0, block.clone()).await.unwrap();
     assert!(again.commit().await.unwrap().0.committed);
 }
+
+/// `write_queue_bytes_max`: pushes to a disk whose writer is behind by more than that wait for it
+/// (counted in `croupier_push_write_queue_wait_seconds`) instead of piling more onto its queue; they
+/// are slowed, not refused, and every byte arrives. With the wait turned off no push waits for the
+/// writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_wait_for_a_writer_that_is_behind_by_more_than_write_queue_bytes_max() {
+    for queue_max in ["256KiB", "0"] {
+        let server = TestServer::start(
+            1,
+            &format!("chunk_bytes_target = \"256KiB\"\nwrite_queue_bytes_max = \"{queue_max}\""),
+        );
+        let mut spec = load_spec(&server.grpc, "queue", 1, 8, 16, 16 << 20, 256 << 10);
+        spec.concurrency = 4;
+        let r = loadgen::load(spec.clone()).await.expect("load");
+        assert_eq!(r.bytes, 128 << 20);
+        assert_eq!(
+            r.retry_later, 0,
+            "queue_max {queue_max}: pushes were refused"
+        );
+        let (_, metrics) = server.admin_get("/metrics");
+        let waits = metric(&metrics, "croupier_push_write_queue_wait_seconds_count");
+        if queue_max == "0" {
+            assert_eq!(waits, 0.0, "pushes waited with the wait turned off");
+        } else {
+            // Every batch of 4 MiB queues 16 chunks of 256 KiB at once: the next batches find the writer
+            // behind.
+            assert!(waits > 0.0, "no push waited for the writer");
+        }
+        assert_verified(&spec).await;
+    }
+}
