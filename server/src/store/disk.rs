@@ -579,8 +579,8 @@ mod tests {
             .wait_for_queue_room(cap, started + Duration::from_millis(120))
             .await
             .expect("waited");
-        assert!(waited >= Duration::from_millis(120), "{waited:?}");
         assert!(started.elapsed() >= Duration::from_millis(120));
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
 
         // A group that takes the queue back under the cap wakes the waiter long before its deadline.
         let drainer = {
