@@ -214,15 +214,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// utime + stime from the text of a `/proc/.../stat` file.
-fn stat_cpu_seconds(stat: &str) -> Option<f64> {
-    // Fields after the command name, which is in parentheses and may contain spaces.
+/// Field `n` (numbered from 1, as in proc(5)) of the text of a `/proc/.../stat` file, parsed.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    // Fields after the command name (field 2), which is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts with field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / clock_ticks_per_second())
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// utime + stime (fields 14 and 15) from the text of a `/proc/.../stat` file.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    let ticks = stat_field(stat, 14)? + stat_field(stat, 15)?;
+    Some(ticks as f64 / clock_ticks_per_second())
 }
 
 /// Minor page faults of a process so far (all its threads), from `/proc/PID/stat` (field 10). On VMs
@@ -230,10 +232,10 @@ fn stat_cpu_seconds(stat: &str) -> Option<f64> {
 /// than a reused one (docs/PERFORMANCE.md, round 3): phases that differ in CPU for the same bytes often
 /// differ here.
 pub fn minor_faults(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts with field 3 (state); minflt is field 10.
-    rest.split_whitespace().nth(7)?.parse().ok()
+    stat_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+        10,
+    )
 }
 
 /// CPU seconds used so far by the threads of `pid` whose name starts with `prefix` (the server names its

@@ -259,19 +259,11 @@ impl Disk {
             return None;
         }
         let started = std::time::Instant::now();
-        loop {
-            let drained = self.queue_drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            // Checked after registering, so a group finishing in between is not missed.
-            let now = std::time::Instant::now();
-            if self.queued_bytes() <= bytes_max || now >= deadline {
-                return Some(now - started);
-            }
-            // A failed writer drains nothing: the deadline bounds the wait, and the nap guards it.
-            let nap = (deadline - now).min(std::time::Duration::from_millis(50));
-            let _ = tokio::time::timeout(nap, drained).await;
-        }
+        super::memory::wait_until(&self.queue_drained, deadline, || {
+            self.queued_bytes() <= bytes_max
+        })
+        .await;
+        Some(started.elapsed())
     }
 
     /// (free bytes, total bytes) of the file system holding this disk, as last read.

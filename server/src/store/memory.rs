@@ -134,25 +134,21 @@ impl MemoryBudget {
             bytes <= self.limit_bytes,
             "a single batch larger than the memory limit"
         );
-        let deadline = Instant::now() + wait;
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
+        let granted = wait_until(&self.released, Instant::now() + wait, || {
             if self.try_acquire(bytes) {
                 if self.over_high_watermark() {
                     self.flush_wanted.notify_one();
                 }
-                return Acquire::Granted;
+                return true;
             }
             self.flush_wanted.notify_one();
-            let now = Instant::now();
-            if now >= deadline {
-                return Acquire::Refused;
-            }
-            // Wake at least every 50 ms: a release may have been missed by a waiter that just lost a race.
-            let nap = (deadline - now).min(Duration::from_millis(50));
-            let _ = tokio::time::timeout(nap, released).await;
+            false
+        })
+        .await;
+        if granted {
+            Acquire::Granted
+        } else {
+            Acquire::Refused
         }
     }
 
@@ -177,6 +173,30 @@ impl MemoryBudget {
             before >= bytes,
             "memory budget unqueued more than it queued"
         );
+    }
+}
+
+/// Waits on `signal` until `ready()` holds (true) or `deadline` passes (false). `ready` is checked after
+/// registering for the next signal, so one sent in between is not missed, and at least every 50 ms, so
+/// a waiter that lost a race, or a signal that never comes (a failed disk writer), costs at most that.
+pub async fn wait_until(
+    signal: &Notify,
+    deadline: Instant,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    loop {
+        let signalled = signal.notified();
+        tokio::pin!(signalled);
+        signalled.as_mut().enable();
+        if ready() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let nap = (deadline - now).min(Duration::from_millis(50));
+        let _ = tokio::time::timeout(nap, signalled).await;
     }
 }
 
