@@ -14,6 +14,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     if std::env::var(sink::ROLE_ENV).as_deref() == Ok(sink::ROLE_SINK) {
+        // The baseline runs with the server's allocator settings, as it does with its HTTP/2 settings:
+        // otherwise it pays page faults for its message buffers that the server does not.
+        croupier_server::server::tune_allocator();
         sink::run_sink_process();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();

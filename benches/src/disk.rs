@@ -13,9 +13,16 @@
 //! Same memory state: on this kind of VM the first touch of a guest page that was free costs ~10x a
 //! touch of a recycled one (a fresh 1 GiB memcpy ran at 0.5-0.8 GiB/s, a repeated one at 6-7.5 GiB/s),
 //! and a buffered write allocates page-cache pages. Whichever phase ran right after another one freed its
-//! pages would write faster. So before each timed write phase (this baseline and the croupier push),
-//! [`prime`] writes the same number of bytes to a scratch file and deletes it, untimed: both phases start
+//! pages would write faster. So before each phase (the gRPC baseline, this baseline and croupier's),
+//! [`prime`] writes the same number of bytes to a scratch file and deletes it, untimed: every phase starts
 //! right after the same amount of page cache was freed.
+//!
+//! Same cached pages: between repetitions the kernel may evict part of the file a phase is about to
+//! overwrite (the baseline's file, croupier's pooled segments). Overwriting an evicted page allocates a
+//! new one, and on this VM a new page costs a host fault: a push into fully evicted segments took twice
+//! the writer CPU of one into cached segments (PERFORMANCE.md round 12). So before each write phase
+//! [`cache_files`] reads the files it will overwrite back into the page cache, untimed, and reports how
+//! much of them had stayed cached.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -112,5 +119,72 @@ pub fn sequential_write(
         bytes,
         seconds,
         cpu_seconds,
+    })
+}
+
+/// Bytes of the file at `path` that are in the page cache (`mincore`); None if that cannot be told.
+fn resident_bytes(path: &Path) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    if len == 0 {
+        return Some(0);
+    }
+    // SAFETY: a read-only shared mapping of a file we hold open, unmapped before returning; no page of
+    // it is accessed, `mincore` only reports residency into a vector of one byte per page.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        if addr == libc::MAP_FAILED {
+            return None;
+        }
+        let page = 4096usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+        libc::munmap(addr, len);
+        if rc != 0 {
+            return None;
+        }
+        Some(vec.iter().filter(|&&b| b & 1 == 1).count() as u64 * page as u64)
+    }
+}
+
+/// Reads every regular file in `paths` (files, or directories whose files are taken) through the page
+/// cache, untimed, so that a phase overwriting them finds their pages cached. Returns the share of
+/// their bytes that was cached before (1.0 when there are none).
+pub fn cache_files(paths: &[&Path]) -> Result<f64, String> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    files.push(e.path());
+                }
+            }
+        } else if p.is_file() {
+            files.push(p.to_path_buf());
+        }
+    }
+    let (mut total, mut resident) = (0u64, 0u64);
+    let mut buf = vec![0u8; 4 << 20];
+    for f in &files {
+        let err = |e: std::io::Error| format!("{}: {e}", f.display());
+        let len = std::fs::metadata(f).map_err(err)?.len();
+        total += len;
+        resident += resident_bytes(f).unwrap_or(len).min(len);
+        let mut file = std::fs::File::open(f).map_err(err)?;
+        while std::io::Read::read(&mut file, &mut buf).map_err(err)? > 0 {}
+    }
+    Ok(if total == 0 {
+        1.0
+    } else {
+        resident as f64 / total as f64
     })
 }

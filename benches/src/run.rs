@@ -8,8 +8,8 @@
 //! - croupier: `loadgen::load` against the server, then every partition fetched from it; in the last
 //!   repetition every byte is also compared with the regenerated data (`loadgen::verify`, not timed).
 //!
-//! The disk phase and the croupier push each start right after an untimed [`disk::prime`], so both
-//! write into the same page-cache state (see [`crate::disk`]).
+//! Every phase starts right after an untimed [`disk::prime`], so all three start from the same
+//! page-cache and free-memory state (see [`crate::disk`]).
 //!
 //! The client is the same code in both network phases, so it costs the same CPU (it generates the
 //! pseudo-random payloads and CRCs them on push, CRCs them again on fetch); only the server differs.
@@ -74,6 +74,8 @@ pub fn run_scenario(s: &Scenario, ctx: &Ctx<'_>) -> Result<serde_json::Value, St
         let mut order = [Phase::Grpc, Phase::Disk, Phase::Croupier];
         order.rotate_left(rep as usize % 3);
         for phase in order {
+            // Every phase starts from the same memory state (see `disk::prime`).
+            disk::prime(&dir.join("prime.bin"), s.total_bytes(), ctx.disk_pool)?;
             match phase {
                 Phase::Grpc => grpc_phase(s, ctx, &servers.sink, rep, &mut samples)?,
                 Phase::Disk => disk_phase(s, ctx, &dir, &mut samples)?,
@@ -295,16 +297,18 @@ fn disk_phase(
     dir: &Path,
     samples: &mut Samples,
 ) -> Result<(), String> {
-    disk::prime(&dir.join("prime.bin"), s.total_bytes(), ctx.disk_pool)?;
+    let cached = disk::cache_files(&[&baseline_path(dir)])?;
     let r = write_baseline(s, ctx, dir)?;
     let rate = gib(r.bytes) / r.seconds;
     samples.add("disk_write_gib_per_s", rate);
     samples.add("disk_write_cpu_s", r.cpu_seconds);
+    samples.add("disk_write_cached_before", cached);
     eprintln!(
-        "   disk:           write {rate:.3} GiB/s ({:.2} s, CPU {:.2} s{})",
+        "   disk:           write {rate:.3} GiB/s ({:.2} s, CPU {:.2} s{}; file {:.0} % cached before)",
         r.seconds,
         r.cpu_seconds,
-        if s.fsync() { ", fdatasync'd" } else { "" }
+        if s.fsync() { ", fdatasync'd" } else { "" },
+        cached * 100.0
     );
     Ok(())
 }
@@ -313,12 +317,16 @@ fn disk_phase(
 fn write_baseline(s: &Scenario, ctx: &Ctx<'_>, dir: &Path) -> Result<disk::DiskResult, String> {
     let chunk_bytes = croupier_server::config::Config::default().chunk_bytes_target as usize;
     disk::sequential_write(
-        &dir.join("disk-baseline.bin"),
+        &baseline_path(dir),
         s.total_bytes(),
         chunk_bytes,
         s.fsync(),
         ctx.disk_pool,
     )
+}
+
+fn baseline_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("disk-baseline.bin")
 }
 
 /// Untimed: the scenario's bytes once to the disk baseline's file and once through croupier (pushed,
@@ -357,7 +365,11 @@ fn croupier_phase(
     samples: &mut Samples,
 ) -> Result<(u64, Option<loadgen::VerifyResult>), String> {
     let shuffle = rep + 1;
-    disk::prime(&dir.join("prime.bin"), s.total_bytes(), ctx.disk_pool)?;
+    let pool = dir
+        .join("data")
+        .join(croupier_server::store::pool::POOL_DIR);
+    let cached = disk::cache_files(&[&pool])?;
+    samples.add("segments_cached_before", cached);
     let spec = load_spec(s, ctx.settings, &server.grpc, shuffle);
     let push = measured(server, || ctx.rt.block_on(loadgen::load(spec)));
     let r = push.value.map_err(|e| format!("croupier push: {e}"))?;
@@ -385,8 +397,8 @@ fn croupier_phase(
     samples.add("server_cpu_s_fetch", fetch.server_cpu_s);
     samples.add("client_cpu_s_fetch", fetch.client_cpu_s);
     eprintln!(
-        "   rep {rep} croupier: push {:.3} GiB/s ({:.2} s, server CPU {:.2} s, page faults server {} client {}), fetch {:.3} GiB/s ({:.2} s, server CPU {:.2} s)",
-        r.gib_per_s, r.seconds, push.server_cpu_s, push.server_faults, push.client_faults, gib(f.bytes) / f.seconds, f.seconds, fetch.server_cpu_s
+        "   rep {rep} croupier: push {:.3} GiB/s ({:.2} s, server CPU {:.2} s of which disk writers {:.2} s, page faults server {} client {}; pooled segments {:.0} % cached before), fetch {:.3} GiB/s ({:.2} s, server CPU {:.2} s)",
+        r.gib_per_s, r.seconds, push.server_cpu_s, push.writer_cpu_s, push.server_faults, push.client_faults, cached * 100.0, gib(f.bytes) / f.seconds, f.seconds, fetch.server_cpu_s
     );
     let verified = if last && ctx.settings.verify {
         let v = ctx

@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod datagen;
 pub mod loadgen;
+mod push_codec;
 
 use bytes::Bytes;
 use croupier_proto::v1 as pb;
@@ -174,6 +175,7 @@ impl Default for ClientOptions {
 #[derive(Clone)]
 pub struct Client {
     addr: String,
+    channel: Channel,
     inner: ShuffleServiceClient<Channel>,
     /// `Bearer <token>`, checked once at connect.
     bearer: Option<AsciiMetadataValue>,
@@ -251,11 +253,12 @@ impl Client {
             }
             connect_err(message)
         })?;
-        let inner = ShuffleServiceClient::new(channel)
+        let inner = ShuffleServiceClient::new(channel.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         Ok(Client {
             addr: addr.to_string(),
+            channel,
             inner,
             bearer,
             options,
@@ -288,6 +291,31 @@ impl Client {
             }
         }
         md
+    }
+
+    /// Opens a Push stream: the generated client's `push`, with [`push_codec::PushCodec`] (each batch
+    /// encoded into a buffer allocated once at its length).
+    async fn open_push(
+        &self,
+        request: Request<ReceiverStream<pb::PushBatch>>,
+    ) -> std::result::Result<tonic::Streaming<pb::PushAck>, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unknown(format!("service was not ready: {e}")))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/croupier.v1.ShuffleService/Push",
+        );
+        let mut request = request;
+        request
+            .extensions_mut()
+            .insert(tonic::GrpcMethod::new("croupier.v1.ShuffleService", "Push"));
+        Ok(grpc
+            .streaming(request, path, push_codec::PushCodec)
+            .await?
+            .into_inner())
     }
 
     /// `msg` with the token and (for a call naming an app) the app secret.
@@ -775,15 +803,12 @@ impl MapPusher {
         let (tx, rx) = mpsc::channel(self.client.options.batches_in_flight_max.max(1) * 2);
         let acks = self
             .client
-            .inner
-            .clone()
-            .push(
+            .open_push(
                 self.client
                     .request(ReceiverStream::new(rx), Some(&self.app)),
             )
             .await
-            .map_err(|s| ClientError::status(self.what(), s))?
-            .into_inner();
+            .map_err(|s| ClientError::status(self.what(), s))?;
         self.stream = Some(PushStream { tx, acks });
         Ok(())
     }

@@ -8,7 +8,6 @@
 use crate::cluster::{assign, Cluster};
 use crate::datagen::{partition_bytes, ByteStream};
 use crate::{Client, ClientError, ClientOptions, PushStats};
-use bytes::BytesMut;
 use croupier_proto::v1 as pb;
 use std::sync::Arc;
 use std::time::Instant;
@@ -221,10 +220,9 @@ async fn push_map_data(
     while !streams.is_empty() {
         for (p, stream, left) in streams.iter_mut() {
             let n = (*left).min(spec.block_bytes) as usize;
-            let mut buf = BytesMut::zeroed(n);
-            stream.fill(&mut buf);
+            let data = bytes::Bytes::from(stream.take(n));
             *left -= n as u64;
-            sink.push_block(*p, buf.freeze()).await?;
+            sink.push_block(*p, data).await?;
         }
         streams.retain(|(_, _, left)| *left > 0);
     }
