@@ -7,6 +7,7 @@
 //! - [`Client::fetch`]: streams a partition range x map range, checks every block's CRC, the order and
 //!   completeness of every (partition, map) sequence, and the server's end-of-stream summary.
 //! - [`datagen`] and [`loadgen`]: the deterministic data behind `croupier load` / `croupier verify`.
+//! - `push_codec`: Push's request codec (each batch encoded into one buffer reserved at its length).
 //!
 //! Security: [`ClientOptions::token`] is sent as `authorization: Bearer <token>` on every call;
 //! [`ClientOptions::tls_ca_pem`] switches to TLS and trusts only that CA; the app secret returned by
