@@ -188,3 +188,47 @@ pub fn cache_files(paths: &[&Path]) -> Result<f64, String> {
         resident as f64 / total as f64
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Writes `bytes` to `path`, syncs it and asks the kernel to drop its (now clean) pages.
+    fn write_evicted(path: &Path, bytes: usize) {
+        std::fs::write(path, vec![7u8; bytes]).expect("write");
+        let f = std::fs::File::open(path).expect("open");
+        f.sync_all().expect("sync");
+        // SAFETY: plain syscall on an fd we own.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+
+    #[test]
+    fn cache_files_reports_what_was_cached_and_leaves_every_page_cached() {
+        let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("tempdir");
+        let sub = dir.path().join("pool");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let a = dir.path().join("a.bin");
+        let b = sub.join("b.bin");
+        write_evicted(&a, 1 << 20);
+        write_evicted(&b, 3 << 20);
+        let before = resident_bytes(&a).expect("mincore") + resident_bytes(&b).expect("mincore");
+        assert!(
+            before < 4 << 20,
+            "the kernel kept every page after POSIX_FADV_DONTNEED ({before} bytes)"
+        );
+        let share = cache_files(&[&a, &sub]).expect("cache");
+        let want = before as f64 / (4 << 20) as f64;
+        assert!(
+            (share - want).abs() < 0.01,
+            "share {share}, mincore before {want}"
+        );
+        assert_eq!(resident_bytes(&a), Some(1 << 20));
+        assert_eq!(resident_bytes(&b), Some(3 << 20));
+        // Nothing to cache: everything there is was cached.
+        assert_eq!(
+            cache_files(&[&dir.path().join("missing")]).expect("none"),
+            1.0
+        );
+    }
+}
