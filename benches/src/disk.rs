@@ -130,6 +130,10 @@ fn resident_bytes(path: &Path) -> Option<u64> {
     if len == 0 {
         return Some(0);
     }
+    // SAFETY: sysconf only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|&p| p > 0)?;
     // SAFETY: a read-only shared mapping of a file we hold open, unmapped before returning; no page of
     // it is accessed, `mincore` only reports residency into a vector of one byte per page.
     unsafe {
@@ -144,14 +148,14 @@ fn resident_bytes(path: &Path) -> Option<u64> {
         if addr == libc::MAP_FAILED {
             return None;
         }
-        let page = 4096usize;
         let mut vec = vec![0u8; len.div_ceil(page)];
         let rc = libc::mincore(addr, len, vec.as_mut_ptr());
         libc::munmap(addr, len);
         if rc != 0 {
             return None;
         }
-        Some(vec.iter().filter(|&&b| b & 1 == 1).count() as u64 * page as u64)
+        let pages = vec.iter().filter(|&&b| b & 1 == 1).count() as u64;
+        Some((pages * page as u64).min(len as u64))
     }
 }
 
