@@ -57,38 +57,37 @@ impl ByteStream {
         out
     }
 
+    /// Hands the next `n` bytes of the stream to `put`, in pieces of at most [`STEP_BYTES`].
+    #[inline]
+    fn emit(&mut self, n: usize, mut put: impl FnMut(&[u8])) {
+        let left = (STEP_BYTES - self.used).min(n);
+        put(&self.step[self.used..self.used + left]);
+        self.used += left;
+        let mut rest = n - left;
+        while rest >= STEP_BYTES {
+            put(&self.next_step());
+            rest -= STEP_BYTES;
+        }
+        if rest > 0 {
+            self.step = self.next_step();
+            put(&self.step[..rest]);
+            self.used = rest;
+        }
+    }
+
     /// The next `out.len()` bytes of the stream.
     pub fn fill(&mut self, out: &mut [u8]) {
-        let left = (STEP_BYTES - self.used).min(out.len());
-        out[..left].copy_from_slice(&self.step[self.used..self.used + left]);
-        self.used += left;
-        let mut steps = out[left..].chunks_exact_mut(STEP_BYTES);
-        for c in &mut steps {
-            c.copy_from_slice(&self.next_step());
-        }
-        let tail = steps.into_remainder();
-        if !tail.is_empty() {
-            self.step = self.next_step();
-            tail.copy_from_slice(&self.step[..tail.len()]);
-            self.used = tail.len();
-        }
+        let mut at = 0;
+        self.emit(out.len(), |piece| {
+            out[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        });
     }
 
     /// The next `n` bytes of the stream in a new buffer, written once (no zeroing first).
     pub fn take(&mut self, n: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(n);
-        let left = (STEP_BYTES - self.used).min(n);
-        out.extend_from_slice(&self.step[self.used..self.used + left]);
-        self.used += left;
-        while n - out.len() >= STEP_BYTES {
-            out.extend_from_slice(&self.next_step());
-        }
-        let tail = n - out.len();
-        if tail > 0 {
-            self.step = self.next_step();
-            out.extend_from_slice(&self.step[..tail]);
-            self.used = tail;
-        }
+        self.emit(n, |piece| out.extend_from_slice(piece));
         out
     }
 }
